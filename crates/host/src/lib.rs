@@ -1,1 +1,5 @@
-//! charter-host
+//! Charter's node host: TLS listeners, HTTP, ledger files and timers around the core.
+
+pub mod client;
+pub mod http;
+pub mod tls;
