@@ -2,6 +2,38 @@
 //! entries in chunk files, the Merkle tree over transactions, signatures and receipts.
 //!
 //! Everything here works on bytes in memory; the host reads and writes the files.
+//!
+//! ```
+//! use charter_crypto::LedgerSecret;
+//! use charter_ledger::{decode_entry, encode_entry, EntryKind, EntryParts, TxId};
+//! let secret = LedgerSecret::from_bytes([1; 32]);
+//! let parts = EntryParts {
+//!     kind: EntryKind::Transaction,
+//!     tx_id: TxId::new(2, 7),
+//!     claims_digest: [0; 32],
+//!     public: b"",
+//!     private_plain: b"hidden",
+//! };
+//! let bytes = encode_entry(&parts, &secret).unwrap();
+//! let entry = decode_entry(&bytes).unwrap();
+//! assert_eq!(entry.decrypt_private(&secret, &bytes).unwrap(), b"hidden");
+//! ```
 
+pub mod entry;
+mod error;
 pub mod frame;
 pub mod merkle;
+mod records;
+pub mod tables;
+mod txid;
+
+pub use entry::{
+    commit_evidence, commit_evidence_digest, decode_entry, encode_entry, encode_noop, leaf_hash,
+    Entry, EntryKind, EntryParts,
+};
+pub use error::LedgerError;
+pub use records::{NodeInfo, NodeStatus, ServiceInfo, ServiceStatus, SignatureRecord};
+pub use txid::{TxId, TxIdParseError};
+
+/// A SHA-256 digest.
+pub type Digest = [u8; 32];

@@ -1,0 +1,12 @@
+//! Names of the public maps that the ledger itself, and offline verifiers, rely on.
+
+/// Signature transactions write one record here under key [`SIGNATURE_KEY`].
+pub const SIGNATURES_MAP: &str = "public:charter.internal.signatures";
+/// The key of the signature record in [`SIGNATURES_MAP`].
+pub const SIGNATURE_KEY: &[u8] = b"sig";
+/// Nodes by node ID (hex SHA-256 of the node's public key): JSON [`NodeInfo`](crate::NodeInfo).
+pub const NODES_MAP: &str = "public:charter.internal.nodes";
+/// The service's identity and status under key [`SERVICE_KEY`]: JSON [`ServiceInfo`](crate::ServiceInfo).
+pub const SERVICE_MAP: &str = "public:charter.gov.service_info";
+/// The key of the record in [`SERVICE_MAP`].
+pub const SERVICE_KEY: &[u8] = b"service";
