@@ -1,6 +1,31 @@
 //! Charter's node core: a deterministic state machine that composes the key-value store, the
-//! ledger and consensus. It consumes [`Input`]s and emits [`Action`]s; it performs no I/O.
+//! ledger and consensus. It consumes [`Input`]s and emits [`Action`]s; it performs no I/O,
+//! reads no clock and draws no randomness of its own, so the host and a simulator can drive it
+//! alike.
+//!
+//! ```
+//! use charter_core::{Action, Input, Node, NodeConfig, StartMode};
+//! use charter_crypto::{Certificate, CertificateSpec, LedgerSecret, SigningKey, Validity};
+//! let validity = Validity { not_before_unix: 1_700_000_000, days: 365 };
+//! let service_key = SigningKey::from_seed(&[1; 32]).unwrap();
+//! let spec = CertificateSpec { common_name: "service", is_ca: true, subject_alt_names: &[], validity };
+//! let service_cert = Certificate::self_signed(&service_key, &spec).unwrap();
+//! let node_key = SigningKey::from_seed(&[2; 32]).unwrap();
+//! let spec = CertificateSpec { common_name: "node", is_ca: false, subject_alt_names: &[], validity };
+//! let node_cert = Certificate::issue(&node_key.verifying_key(), &spec, &service_key, &service_cert).unwrap();
+//! let config = NodeConfig::new(node_key, node_cert, service_cert, LedgerSecret::from_bytes([3; 32]));
+//! let mut actions = Vec::new();
+//! let node = Node::new(config, StartMode::Genesis { members: vec![], users: vec![] }, &mut actions).unwrap();
+//! assert!(actions.iter().any(|action| matches!(action, Action::Append { .. })));
+//! ```
 
 pub mod api;
+mod endpoints;
+mod error;
+mod node;
+pub mod tables;
 
 pub use api::{Method, Request, RequestId, Response};
+pub use charter_consensus::{HardStateRecord, LogEntry, Restored};
+pub use error::CoreError;
+pub use node::{Action, Input, Node, NodeConfig, StartMode, TxStatus};

@@ -1,0 +1,330 @@
+//! HTTP endpoints of the node: `/node/*` (no client certificate needed) and the key-value
+//! application under `/app/*` (users only).
+
+use charter_kv::KEY_BYTES_MAX;
+use charter_ledger::tables::{SERVICE_KEY, SERVICE_MAP};
+use charter_ledger::{EntryKind, ServiceInfo, TxId};
+use serde_json::json;
+
+use crate::api::{Method, Request, Response};
+use crate::node::{Action, Node, TxStatus};
+use crate::tables::{KV_PRIVATE_MAP, KV_PUBLIC_MAP, MEMBERS_MAP, USERS_MAP};
+use crate::CoreError;
+
+/// Largest number of entries one list request returns.
+pub const LIST_LIMIT_MAX: usize = 1_000;
+/// Entries a list request returns when it names no limit.
+pub const LIST_LIMIT_DEFAULT: usize = 100;
+
+/// Who is calling, as far as the store knows.
+enum Caller {
+    User,
+    Member,
+    Unknown,
+    Anonymous,
+}
+
+fn identify(node: &Node, request: &Request) -> Caller {
+    let Some(der) = &request.caller_cert_der else {
+        return Caller::Anonymous;
+    };
+    let id = charter_crypto::sha256(der);
+    let id = hex::encode(id);
+    if node.store().get(USERS_MAP, id.as_bytes()).is_some() {
+        Caller::User
+    } else if node.store().get(MEMBERS_MAP, id.as_bytes()).is_some() {
+        Caller::Member
+    } else {
+        Caller::Unknown
+    }
+}
+
+fn tx_id_param(request: &Request) -> Result<TxId, Response> {
+    let text = request.query_param("transaction_id").ok_or_else(|| {
+        Response::error(
+            400,
+            "InvalidQueryParameterValue",
+            "missing query parameter transaction_id",
+        )
+    })?;
+    text.parse::<TxId>()
+        .map_err(|error| Response::error(400, "InvalidQueryParameterValue", error.to_string()))
+}
+
+fn with_tx_header(response: Response, tx_id: TxId) -> Response {
+    response.with_header("x-ms-ccf-transaction-id", tx_id.to_string())
+}
+
+pub(crate) fn handle(
+    node: &mut Node,
+    request: &Request,
+    out: &mut Vec<Action>,
+) -> Result<Response, CoreError> {
+    let path = request.path.as_str();
+    if let Some(rest) = path.strip_prefix("/node/") {
+        return Ok(handle_node(node, rest, request));
+    }
+    if path == "/app" || path.starts_with("/app/") {
+        match identify(node, request) {
+            Caller::User => {}
+            Caller::Member => {
+                return Ok(Response::error(
+                    403,
+                    "AuthorizationFailed",
+                    "members may not call application endpoints",
+                ))
+            }
+            Caller::Unknown => {
+                return Ok(Response::error(
+                    401,
+                    "InvalidAuthenticationInfo",
+                    "the client certificate is not that of a known user",
+                ))
+            }
+            Caller::Anonymous => {
+                return Ok(Response::error(
+                    401,
+                    "InvalidAuthenticationInfo",
+                    "a user client certificate is required",
+                ))
+            }
+        }
+        return handle_app(node, &path[4..], request, out);
+    }
+    Ok(Response::error(
+        404,
+        "ResourceNotFound",
+        format!("no endpoint at {path}"),
+    ))
+}
+
+fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
+    if request.method != Method::Get {
+        return Response::error(405, "MethodNotAllowed", "only GET is allowed here");
+    }
+    match rest {
+        "commit" => {
+            let tx_id = node.commit_tx_id();
+            with_tx_header(
+                Response::json(200, &json!({"transaction_id": tx_id.to_string()})),
+                tx_id,
+            )
+        }
+        "tx" => match tx_id_param(request) {
+            Ok(tx_id) => {
+                let status = node.tx_status(tx_id);
+                Response::json(
+                    200,
+                    &json!({"transaction_id": tx_id.to_string(), "status": status.as_str()}),
+                )
+            }
+            Err(response) => response,
+        },
+        "state" => Response::json(
+            200,
+            &json!({
+                "node_id": node.node_id(),
+                "state": "PartOfNetwork",
+                "last_committed_seqno": node.commit_tx_id().seqno,
+                "last_seqno": node.last_tx_id().seqno,
+            }),
+        ),
+        "network" => {
+            let status = node
+                .store()
+                .get(SERVICE_MAP, SERVICE_KEY)
+                .and_then(|bytes| serde_json::from_slice::<ServiceInfo>(bytes).ok())
+                .map_or("Unknown".to_owned(), |info| format!("{:?}", info.status));
+            Response::json(
+                200,
+                &json!({
+                    "service_status": status,
+                    "service_certificate": node.service_cert().to_pem(),
+                    "current_view": node.view(),
+                    "primary_id": if node.is_primary() { Some(node.node_id()) } else { None },
+                }),
+            )
+        }
+        "version" => Response::json(
+            200,
+            &json!({"ccf_version": concat!("charter-", env!("CARGO_PKG_VERSION")), "quickjs_version": null, "unsafe": false}),
+        ),
+        _ => Response::error(
+            404,
+            "ResourceNotFound",
+            format!("no endpoint at /node/{rest}"),
+        ),
+    }
+}
+
+fn kv_map(request: &Request) -> Result<&'static str, Response> {
+    match request.query_param("public") {
+        None | Some("false") => Ok(KV_PRIVATE_MAP),
+        Some("true") => Ok(KV_PUBLIC_MAP),
+        Some(other) => Err(Response::error(
+            400,
+            "InvalidQueryParameterValue",
+            format!("public must be true or false, not {other:?}"),
+        )),
+    }
+}
+
+fn handle_app(
+    node: &mut Node,
+    rest: &str,
+    request: &Request,
+    out: &mut Vec<Action>,
+) -> Result<Response, CoreError> {
+    if rest == "/receipt" {
+        if request.method != Method::Get {
+            return Ok(Response::error(
+                405,
+                "MethodNotAllowed",
+                "only GET is allowed here",
+            ));
+        }
+        let tx_id = match tx_id_param(request) {
+            Ok(tx_id) => tx_id,
+            Err(response) => return Ok(response),
+        };
+        return Ok(match node.receipt(tx_id) {
+            Ok(receipt) => Response::json(200, &receipt.to_json()),
+            Err(TxStatus::Pending) => Response::error(
+                202,
+                "TransactionPendingOrUnknown",
+                format!("{tx_id} is not committed yet"),
+            )
+            .with_header("retry-after", "1"),
+            Err(status) => Response::error(
+                404,
+                "TransactionNotFound",
+                format!("{tx_id} is {}", status.as_str()),
+            ),
+        });
+    }
+    let map = match kv_map(request) {
+        Ok(map) => map,
+        Err(response) => return Ok(response),
+    };
+    if rest == "/kv" {
+        if request.method != Method::Get {
+            return Ok(Response::error(
+                405,
+                "MethodNotAllowed",
+                "only GET is allowed here",
+            ));
+        }
+        return Ok(list(node, map, request));
+    }
+    let Some(key) = rest.strip_prefix("/kv/") else {
+        return Ok(Response::error(
+            404,
+            "ResourceNotFound",
+            format!("no endpoint at /app{rest}"),
+        ));
+    };
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Ok(Response::error(
+            400,
+            "InvalidKey",
+            format!("keys must have 1 to {KEY_BYTES_MAX} bytes"),
+        ));
+    }
+    let key = key.as_bytes();
+    match request.method {
+        Method::Get => {
+            let mut tx = node.begin();
+            Ok(match tx.get(map, key) {
+                Some(value) => {
+                    let mut response = Response {
+                        status: 200,
+                        headers: vec![("content-type".into(), "application/octet-stream".into())],
+                        body: value,
+                    };
+                    response = with_tx_header(response, node.commit_tx_id());
+                    response
+                }
+                None => Response::error(404, "KeyNotFound", "no such key"),
+            })
+        }
+        Method::Put | Method::Delete => {
+            if !node.is_primary() {
+                return Ok(Response::error(
+                    503,
+                    "NotPrimary",
+                    "this node is not the primary",
+                ));
+            }
+            if node.last_tx_id().seqno - node.commit_tx_id().seqno
+                >= crate::node::UNCOMMITTED_ENTRIES_MAX
+            {
+                return Ok(Response::error(
+                    503,
+                    "Backpressure",
+                    "too many uncommitted transactions; retry later",
+                )
+                .with_header("retry-after", "1"));
+            }
+            let mut tx = node.begin();
+            let written = if request.method == Method::Put {
+                tx.try_put(map, key, &request.body)
+            } else {
+                tx.try_remove(map, key)
+            };
+            if let Err(error) = written {
+                return Ok(Response::error(400, "InvalidInput", error.to_string()));
+            }
+            let tx_id =
+                node.write_transaction(EntryKind::Transaction, tx.into_write_set(), [0; 32], out)?;
+            Ok(with_tx_header(
+                Response::json(200, &json!({"transaction_id": tx_id.to_string()})),
+                tx_id,
+            ))
+        }
+        _ => Ok(Response::error(
+            405,
+            "MethodNotAllowed",
+            "use GET, PUT or DELETE",
+        )),
+    }
+}
+
+fn list(node: &Node, map: &str, request: &Request) -> Response {
+    let prefix = request.query_param("prefix").unwrap_or("");
+    let limit = match request.query_param("limit").map(str::parse::<usize>) {
+        None => LIST_LIMIT_DEFAULT,
+        Some(Ok(limit)) if (1..=LIST_LIMIT_MAX).contains(&limit) => limit,
+        Some(_) => {
+            return Response::error(
+                400,
+                "InvalidQueryParameterValue",
+                format!("limit must be 1 to {LIST_LIMIT_MAX}"),
+            )
+        }
+    };
+    let start_after = request.query_param("start_after").map(str::as_bytes);
+    let mut tx = node.begin();
+    let entries = tx.scan_prefix(map, prefix.as_bytes(), start_after, limit + 1);
+    let more = entries.len() > limit;
+    let items: Vec<serde_json::Value> = entries
+        .iter()
+        .take(limit)
+        .map(|(key, value)| {
+            json!({
+                "key": String::from_utf8_lossy(key),
+                "value": String::from_utf8_lossy(value),
+            })
+        })
+        .collect();
+    let next = if more {
+        entries
+            .get(limit - 1)
+            .map(|(key, _)| String::from_utf8_lossy(key).into_owned())
+    } else {
+        None
+    };
+    with_tx_header(
+        Response::json(200, &json!({"entries": items, "next_start_after": next})),
+        node.commit_tx_id(),
+    )
+}

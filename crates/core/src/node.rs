@@ -1,0 +1,764 @@
+//! The node state machine.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use charter_consensus::{Consensus, ConsensusConfig, LogEntry, Output, Restored};
+use charter_crypto::{Certificate, Digest, LedgerSecret, SigningKey};
+use charter_kv::{Store, Tx, WriteSet};
+use charter_ledger::merkle::MerkleTree;
+use charter_ledger::tables::{NODES_MAP, SERVICE_KEY, SERVICE_MAP, SIGNATURES_MAP, SIGNATURE_KEY};
+use charter_ledger::{
+    commit_evidence, decode_entry, encode_entry, encode_noop, EntryKind, EntryParts, NodeInfo,
+    NodeStatus, Receipt, ServiceInfo, ServiceStatus, SignatureRecord, TxId,
+};
+
+use crate::api::{Request, RequestId, Response};
+use crate::tables::{MemberInfo, UserInfo, MEMBERS_MAP, USERS_MAP};
+use crate::CoreError;
+
+/// An event for the core.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Time passes; `now_ms` is the host's monotonic clock in milliseconds.
+    Tick {
+        /// Milliseconds since an arbitrary fixed origin; never decreases.
+        now_ms: u64,
+    },
+    /// An authenticated client request.
+    Client {
+        /// Where the response goes.
+        id: RequestId,
+        /// The request.
+        request: Request,
+    },
+    /// Everything the host was asked to append or save before [`Action::Sync`] with this
+    /// token is now durable.
+    Durable {
+        /// The token of the sync that completed.
+        token: u64,
+    },
+}
+
+/// Work for the host, to be done in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Answer a client request.
+    Respond {
+        /// The request answered.
+        id: RequestId,
+        /// The answer.
+        response: Response,
+    },
+    /// Append this ledger entry (framed with its seqno) to the open chunk.
+    Append {
+        /// Seqno of the entry; always one more than the previous append's.
+        seqno: u64,
+        /// Entry bytes.
+        bytes: Vec<u8>,
+    },
+    /// Drop every ledger entry from `from_seqno` on (an unsigned or rolled-back tail).
+    Truncate {
+        /// First seqno to drop.
+        from_seqno: u64,
+    },
+    /// Persist Raft's hard state.
+    SaveHardState(charter_consensus::HardStateRecord),
+    /// Make everything before this action durable, then send [`Input::Durable`] with `token`.
+    Sync {
+        /// Token to hand back.
+        token: u64,
+    },
+    /// The open chunk ends at `last_seqno` (a committed signature): complete it and start
+    /// a new one.
+    CloseChunk {
+        /// Seqno of the last entry of the chunk.
+        last_seqno: u64,
+    },
+}
+
+/// The status of a transaction ID, as CCF reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxStatus {
+    /// Not known to this node.
+    Unknown,
+    /// In the ledger, not yet committed.
+    Pending,
+    /// Committed: a signature at or after it is replicated to a majority.
+    Committed,
+    /// Will never be committed (replaced by another transaction in a later view).
+    Invalid,
+}
+
+impl TxStatus {
+    /// The name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxStatus::Unknown => "Unknown",
+            TxStatus::Pending => "Pending",
+            TxStatus::Committed => "Committed",
+            TxStatus::Invalid => "Invalid",
+        }
+    }
+}
+
+/// Configuration of a node's core.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The node's private key (signs Merkle roots).
+    pub node_key: SigningKey,
+    /// The node's certificate, endorsed by the service identity.
+    pub node_cert: Certificate,
+    /// The service identity certificate.
+    pub service_cert: Certificate,
+    /// The ledger secret for private domains.
+    pub ledger_secret: LedgerSecret,
+    /// Emit a signature after this many transactions.
+    pub signature_interval_txs: u64,
+    /// Emit a signature when the oldest unsigned transaction is this old.
+    pub signature_interval_ms: u64,
+    /// Complete a chunk at the first committed signature after it reaches this size.
+    pub chunk_bytes_max: u64,
+    /// Milliseconds per Raft tick.
+    pub raft_tick_ms: u64,
+    /// Seed of the consensus RNG.
+    pub seed: u64,
+    /// Address clients use for this node, recorded in the nodes table.
+    pub rpc_address: String,
+}
+
+impl NodeConfig {
+    /// A configuration with CCF's defaults: a signature every 5,000 transactions or 100 ms,
+    /// 5 MB chunks.
+    pub fn new(
+        node_key: SigningKey,
+        node_cert: Certificate,
+        service_cert: Certificate,
+        ledger_secret: LedgerSecret,
+    ) -> NodeConfig {
+        NodeConfig {
+            node_key,
+            node_cert,
+            service_cert,
+            ledger_secret,
+            signature_interval_txs: 5_000,
+            signature_interval_ms: 100,
+            chunk_bytes_max: 5_000_000,
+            raft_tick_ms: 50,
+            seed: 0,
+            rpc_address: String::new(),
+        }
+    }
+}
+
+/// How a node starts.
+#[derive(Clone, Debug)]
+pub enum StartMode {
+    /// Start a new network with these members and users.
+    Genesis {
+        /// Members' certificates.
+        members: Vec<Certificate>,
+        /// Users' certificates.
+        users: Vec<Certificate>,
+    },
+    /// Restart from the ledger entries and Raft state on disk.
+    Restart(Restored),
+}
+
+/// What the node remembers of each transaction to build receipts.
+#[derive(Clone, Copy, Debug)]
+struct LeafInfo {
+    write_set_digest: Digest,
+    claims_digest: Digest,
+}
+
+/// Largest number of uncommitted entries a primary accepts before refusing writes.
+pub const UNCOMMITTED_ENTRIES_MAX: u64 = 200_000;
+
+/// A Charter node's trusted core.
+pub struct Node {
+    config: NodeConfig,
+    node_id: String,
+    consensus: Consensus,
+    store: Store,
+    tree: MerkleTree,
+    leaves: Vec<LeafInfo>,
+    /// Seqno of the last entry ingested into store and tree.
+    ingested: u64,
+    /// Signature transactions by seqno.
+    signatures: BTreeMap<u64, SignatureRecord>,
+    /// Raft's commit index.
+    raft_commit: u64,
+    /// Last committed signature's seqno: everything up to it is committed.
+    commit_seqno: u64,
+    /// Transactions since the last signature, and when the oldest of them was written.
+    unsigned_txs: u64,
+    unsigned_since_ms: Option<u64>,
+    now_ms: u64,
+    last_raft_tick_ms: u64,
+    /// Chunk bookkeeping: bytes in the open chunk, and signatures that close a chunk once committed.
+    chunk_bytes: u64,
+    chunk_closes: BTreeSet<u64>,
+    poisoned: Option<String>,
+    /// Sequence of sync tokens handed to the host.
+    pending_syncs: HashMap<u64, ()>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.node_id)
+            .field("ingested", &self.ingested)
+            .field("commit_seqno", &self.commit_seqno)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Creates a node, emitting its first actions (genesis entries or truncation of an
+    /// unsigned tail) into `out`.
+    ///
+    /// # Errors
+    /// [`CoreError::Restore`] or [`CoreError::BadEntry`] if the restored ledger is unusable.
+    pub fn new(
+        config: NodeConfig,
+        mode: StartMode,
+        out: &mut Vec<Action>,
+    ) -> Result<Node, CoreError> {
+        let node_id = config.node_key.verifying_key().id_hex();
+        let consensus_config = ConsensusConfig::single(1, config.seed);
+        let (restored, genesis) = match mode {
+            StartMode::Genesis { members, users } => (Restored::default(), Some((members, users))),
+            StartMode::Restart(restored) => (restored, None),
+        };
+        let mut node = Node {
+            node_id,
+            consensus: Consensus::new(&consensus_config, Restored::default())?,
+            store: Store::new(),
+            tree: MerkleTree::new(),
+            leaves: Vec::new(),
+            ingested: 0,
+            signatures: BTreeMap::new(),
+            raft_commit: 0,
+            commit_seqno: 0,
+            unsigned_txs: 0,
+            unsigned_since_ms: None,
+            now_ms: 0,
+            last_raft_tick_ms: 0,
+            chunk_bytes: 0,
+            chunk_closes: BTreeSet::new(),
+            poisoned: None,
+            pending_syncs: HashMap::new(),
+            config,
+        };
+        let restored = node.replay(restored, out)?;
+        node.consensus = Consensus::new(&consensus_config, restored)?;
+        node.raft_commit = node.consensus.commit_index();
+        node.commit_seqno = node.last_signature_at_or_before(node.raft_commit);
+        node.consensus.campaign()?;
+        node.drain_consensus(out)?;
+        if let Some((members, users)) = genesis {
+            node.write_genesis(&members, &users, out)?;
+        }
+        if node.consensus.is_leader() {
+            // A new primary signs at once so that what it inherited commits promptly.
+            node.emit_signature(out)?;
+        }
+        Ok(node)
+    }
+
+    /// Replays restored entries up to the last signature into store and tree, truncating
+    /// anything after it (never committed: a transaction commits only with a signature).
+    fn replay(
+        &mut self,
+        mut restored: Restored,
+        out: &mut Vec<Action>,
+    ) -> Result<Restored, CoreError> {
+        let last_signature = restored
+            .entries
+            .iter()
+            .rposition(|entry| {
+                !entry.data.is_empty()
+                    && decode_entry(&entry.data)
+                        .is_ok_and(|decoded| decoded.kind == EntryKind::Signature)
+            })
+            .map_or(0, |index| index + 1);
+        if last_signature < restored.entries.len() {
+            let from_seqno = last_signature as u64 + 1;
+            out.push(Action::Truncate { from_seqno });
+            restored.entries.truncate(last_signature);
+        }
+        for (index, entry) in restored.entries.iter().enumerate() {
+            let expected = index as u64 + 1;
+            if entry.seqno != expected {
+                return Err(CoreError::Restore(format!(
+                    "entry {} found where {expected} was expected",
+                    entry.seqno
+                )));
+            }
+            self.ingest(entry)?;
+        }
+        restored.hard_state.commit = restored.hard_state.commit.min(last_signature as u64);
+        if !restored.entries.is_empty() {
+            // Every restored entry ends in a durable signature; a single voter committed it.
+            restored.hard_state.commit = last_signature as u64;
+        }
+        Ok(restored)
+    }
+
+    /// This node's ID (hex SHA-256 of its public key).
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The last committed transaction.
+    pub fn commit_tx_id(&self) -> TxId {
+        TxId::new(
+            self.consensus.term_at(self.commit_seqno).unwrap_or(0),
+            self.commit_seqno,
+        )
+    }
+
+    /// The last transaction in the ledger.
+    pub fn last_tx_id(&self) -> TxId {
+        let last = self.consensus.last_index();
+        TxId::new(self.consensus.term_at(last).unwrap_or(0), last)
+    }
+
+    /// Current view (Raft term).
+    pub fn view(&self) -> u64 {
+        self.consensus.term()
+    }
+
+    /// Whether this node is the primary.
+    pub fn is_primary(&self) -> bool {
+        self.consensus.is_leader()
+    }
+
+    /// The store as of the last ingested entry.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The service certificate.
+    pub fn service_cert(&self) -> &Certificate {
+        &self.config.service_cert
+    }
+
+    /// The status of `tx_id` on this node.
+    pub fn tx_status(&self, tx_id: TxId) -> TxStatus {
+        if tx_id.seqno == 0 {
+            return TxStatus::Invalid;
+        }
+        match self.consensus.term_at(tx_id.seqno) {
+            Some(view) if view == tx_id.view => {
+                if tx_id.seqno <= self.commit_seqno {
+                    TxStatus::Committed
+                } else {
+                    TxStatus::Pending
+                }
+            }
+            Some(view) => {
+                // Another entry holds that seqno. If it is committed, or came from a later
+                // view than asked, the asked TxID can never commit.
+                if tx_id.seqno <= self.commit_seqno || view > tx_id.view || tx_id.view < self.view()
+                {
+                    TxStatus::Invalid
+                } else {
+                    TxStatus::Unknown
+                }
+            }
+            None => {
+                if tx_id.view < self.view() && tx_id.seqno <= self.commit_seqno {
+                    TxStatus::Invalid
+                } else {
+                    TxStatus::Unknown
+                }
+            }
+        }
+    }
+
+    /// Handles one input, appending resulting actions to `out`.
+    ///
+    /// # Errors
+    /// After an error the node is poisoned and refuses further input: the host must stop.
+    pub fn step(&mut self, input: Input, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(CoreError::Poisoned(reason.clone()));
+        }
+        let result = self.step_inner(input, out);
+        if let Err(error) = &result {
+            self.poisoned = Some(error.to_string());
+        }
+        result
+    }
+
+    fn step_inner(&mut self, input: Input, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        match input {
+            Input::Tick { now_ms } => {
+                assert!(now_ms >= self.now_ms, "time went backwards");
+                self.now_ms = now_ms;
+                if self.last_raft_tick_ms == 0 {
+                    self.last_raft_tick_ms = now_ms;
+                }
+                let mut ticks = 0;
+                while self.now_ms - self.last_raft_tick_ms >= self.config.raft_tick_ms
+                    && ticks < 100
+                {
+                    self.last_raft_tick_ms += self.config.raft_tick_ms;
+                    self.consensus.tick();
+                    ticks += 1;
+                }
+                if ticks == 100 {
+                    self.last_raft_tick_ms = self.now_ms;
+                }
+                self.drain_consensus(out)?;
+                if self.signature_due() {
+                    self.emit_signature(out)?;
+                }
+            }
+            Input::Client { id, request } => {
+                let response = self.handle_request(&request, out)?;
+                out.push(Action::Respond { id, response });
+                if self.unsigned_txs >= self.config.signature_interval_txs {
+                    self.emit_signature(out)?;
+                }
+            }
+            Input::Durable { token } => {
+                self.pending_syncs.remove(&token);
+                let mut released = Vec::new();
+                self.consensus.on_durable(token, &mut released);
+                self.handle_outputs(released, out)?;
+                self.drain_consensus(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn signature_due(&self) -> bool {
+        if !self.consensus.is_leader() || self.unsigned_txs == 0 {
+            return false;
+        }
+        let since = self.unsigned_since_ms.unwrap_or(self.now_ms);
+        self.unsigned_txs >= self.config.signature_interval_txs
+            || self.now_ms.saturating_sub(since) >= self.config.signature_interval_ms
+    }
+
+    /// Pulls all pending consensus work and turns it into actions.
+    fn drain_consensus(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        // Bounded: each round either produces outputs or ends the loop.
+        for _ in 0..16 {
+            let mut outputs = Vec::new();
+            self.consensus.drain(&mut outputs);
+            if outputs.is_empty() {
+                return Ok(());
+            }
+            self.handle_outputs(outputs, out)?;
+        }
+        Ok(())
+    }
+
+    fn handle_outputs(
+        &mut self,
+        outputs: Vec<Output>,
+        out: &mut Vec<Action>,
+    ) -> Result<(), CoreError> {
+        for output in outputs {
+            match output {
+                Output::Append(entries) => {
+                    for entry in entries {
+                        let bytes = if entry.data.is_empty() {
+                            encode_noop(TxId::new(entry.view, entry.seqno))
+                        } else {
+                            entry.data.clone()
+                        };
+                        if entry.seqno <= self.ingested {
+                            return Err(CoreError::Unsupported("rolling back ledger entries"));
+                        }
+                        self.ingest(&entry)?;
+                        self.chunk_bytes += bytes.len() as u64;
+                        out.push(Action::Append {
+                            seqno: entry.seqno,
+                            bytes,
+                        });
+                        if self.signatures.contains_key(&entry.seqno)
+                            && self.chunk_bytes >= self.config.chunk_bytes_max
+                        {
+                            self.chunk_closes.insert(entry.seqno);
+                            self.chunk_bytes = 0;
+                        }
+                    }
+                }
+                Output::HardState(hard_state) => out.push(Action::SaveHardState(hard_state)),
+                Output::Sync(token) => {
+                    self.pending_syncs.insert(token, ());
+                    out.push(Action::Sync { token });
+                }
+                Output::Send { .. } => {
+                    // Single-voter networks send nothing; peers come with replication.
+                }
+                Output::Committed(index) => {
+                    self.raft_commit = self.raft_commit.max(index);
+                    let commit = self.last_signature_at_or_before(self.raft_commit);
+                    if commit > self.commit_seqno {
+                        self.commit_seqno = commit;
+                        let closing: Vec<u64> =
+                            self.chunk_closes.range(..=commit).copied().collect();
+                        for last_seqno in closing {
+                            self.chunk_closes.remove(&last_seqno);
+                            out.push(Action::CloseChunk { last_seqno });
+                        }
+                    }
+                }
+                Output::Role { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn last_signature_at_or_before(&self, seqno: u64) -> u64 {
+        self.signatures
+            .range(..=seqno)
+            .next_back()
+            .map_or(0, |(seqno, _)| *seqno)
+    }
+
+    /// Adds an appended entry to the Merkle tree and the store.
+    fn ingest(&mut self, entry: &LogEntry) -> Result<(), CoreError> {
+        assert_eq!(
+            entry.seqno,
+            self.ingested + 1,
+            "entries are ingested in order"
+        );
+        let noop;
+        let bytes: &[u8] = if entry.data.is_empty() {
+            noop = encode_noop(TxId::new(entry.view, entry.seqno));
+            &noop
+        } else {
+            &entry.data
+        };
+        let bad = |reason: String| CoreError::BadEntry {
+            seqno: entry.seqno,
+            reason,
+        };
+        let decoded = decode_entry(bytes).map_err(|error| bad(error.to_string()))?;
+        if decoded.tx_id != TxId::new(entry.view, entry.seqno) {
+            return Err(bad(format!("entry says it is {}", decoded.tx_id)));
+        }
+        let mut write_set = if decoded.public.is_empty() {
+            WriteSet::new()
+        } else {
+            WriteSet::decode(decoded.public).map_err(|error| bad(error.to_string()))?
+        };
+        let private = decoded
+            .decrypt_private(&self.config.ledger_secret, bytes)
+            .map_err(|error| bad(error.to_string()))?;
+        if !private.is_empty() {
+            write_set.merge(WriteSet::decode(&private).map_err(|error| bad(error.to_string()))?);
+        }
+        if decoded.kind == EntryKind::Signature {
+            let record = write_set
+                .get(SIGNATURES_MAP, SIGNATURE_KEY)
+                .flatten()
+                .ok_or_else(|| bad("signature entry without a signature record".to_owned()))?;
+            let record: SignatureRecord =
+                serde_json::from_slice(record).map_err(|error| bad(error.to_string()))?;
+            self.signatures.insert(entry.seqno, record);
+            self.unsigned_txs = 0;
+            self.unsigned_since_ms = None;
+        } else if decoded.kind == EntryKind::Transaction {
+            self.unsigned_txs += 1;
+            self.unsigned_since_ms.get_or_insert(self.now_ms);
+        }
+        self.tree.append(decoded.leaf());
+        self.leaves.push(LeafInfo {
+            write_set_digest: decoded.write_set_digest(),
+            claims_digest: decoded.claims_digest,
+        });
+        if !write_set.is_empty() {
+            self.store.apply(&write_set, entry.seqno);
+        }
+        self.ingested = entry.seqno;
+        assert_eq!(self.tree.len(), self.ingested);
+        Ok(())
+    }
+
+    /// Writes `write_set` as the next transaction. Returns its TxID.
+    pub(crate) fn write_transaction(
+        &mut self,
+        kind: EntryKind,
+        write_set: WriteSet,
+        claims_digest: Digest,
+        out: &mut Vec<Action>,
+    ) -> Result<TxId, CoreError> {
+        let (view, seqno) = self.consensus.next_tx();
+        let tx_id = TxId::new(view, seqno);
+        let (public, private) = write_set.split_domains();
+        let public_bytes = if public.is_empty() {
+            Vec::new()
+        } else {
+            public.to_bytes()
+        };
+        let private_bytes = if private.is_empty() {
+            Vec::new()
+        } else {
+            private.to_bytes()
+        };
+        let bytes = encode_entry(
+            &EntryParts {
+                kind,
+                tx_id,
+                claims_digest,
+                public: &public_bytes,
+                private_plain: &private_bytes,
+            },
+            &self.config.ledger_secret,
+        )
+        .map_err(|error| CoreError::Write {
+            tx_id,
+            reason: error.to_string(),
+        })?;
+        self.consensus.propose(bytes)?;
+        self.drain_consensus(out)?;
+        assert_eq!(
+            self.ingested, seqno,
+            "a proposal is ingested as soon as it is appended"
+        );
+        Ok(tx_id)
+    }
+
+    /// Appends a signature transaction over everything before it.
+    fn emit_signature(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        if !self.consensus.is_leader() {
+            return Ok(());
+        }
+        let (view, seqno) = self.consensus.next_tx();
+        assert_eq!(self.tree.len(), seqno - 1);
+        let root = self
+            .tree
+            .root()
+            .expect("a primary's ledger holds at least its no-op entry");
+        let signature =
+            self.config
+                .node_key
+                .sign_digest(&root)
+                .map_err(|error| CoreError::Write {
+                    tx_id: TxId::new(view, seqno),
+                    reason: error.to_string(),
+                })?;
+        use base64::Engine as _;
+        let record = SignatureRecord {
+            view,
+            seqno,
+            root: hex::encode(root),
+            node_id: self.node_id.clone(),
+            signature: base64::engine::general_purpose::STANDARD.encode(signature),
+        };
+        let mut write_set = WriteSet::new();
+        // Serializing a plain struct to JSON cannot fail.
+        let value = serde_json::to_vec(&record).expect("signature record serializes");
+        write_set.put(SIGNATURES_MAP, SIGNATURE_KEY, &value);
+        self.write_transaction(EntryKind::Signature, write_set, [0; 32], out)?;
+        Ok(())
+    }
+
+    fn write_genesis(
+        &mut self,
+        members: &[Certificate],
+        users: &[Certificate],
+        out: &mut Vec<Action>,
+    ) -> Result<(), CoreError> {
+        let json = |value: &dyn erased::Json| value.to_json();
+        let mut write_set = WriteSet::new();
+        let service = ServiceInfo {
+            cert: self.config.service_cert.to_pem(),
+            status: ServiceStatus::Open,
+        };
+        write_set.put(SERVICE_MAP, SERVICE_KEY, &json(&service));
+        let node = NodeInfo {
+            cert: self.config.node_cert.to_pem(),
+            status: NodeStatus::Trusted,
+            rpc_address: self.config.rpc_address.clone(),
+        };
+        write_set.put(NODES_MAP, self.node_id.as_bytes(), &json(&node));
+        for member in members {
+            let info = MemberInfo {
+                cert: member.to_pem(),
+                status: "Active".to_owned(),
+            };
+            write_set.put(
+                MEMBERS_MAP,
+                member.fingerprint_hex().as_bytes(),
+                &json(&info),
+            );
+        }
+        for user in users {
+            let info = UserInfo {
+                cert: user.to_pem(),
+            };
+            write_set.put(USERS_MAP, user.fingerprint_hex().as_bytes(), &json(&info));
+        }
+        self.write_transaction(EntryKind::Transaction, write_set, [0; 32], out)?;
+        Ok(())
+    }
+
+    /// A receipt for a committed transaction, or why there is none.
+    pub fn receipt(&self, tx_id: TxId) -> Result<Receipt, TxStatus> {
+        let status = self.tx_status(tx_id);
+        if status != TxStatus::Committed {
+            return Err(status);
+        }
+        let (&signature_seqno, record) = self
+            .signatures
+            .range(tx_id.seqno + 1..)
+            .next()
+            .ok_or(TxStatus::Pending)?;
+        let proof = self
+            .tree
+            .proof(tx_id.seqno - 1, signature_seqno - 1)
+            .ok_or(TxStatus::Unknown)?;
+        let node: NodeInfo = self
+            .store
+            .get(NODES_MAP, record.node_id.as_bytes())
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
+            .ok_or(TxStatus::Unknown)?;
+        let cert = Certificate::from_pem(&node.cert).map_err(|_| TxStatus::Unknown)?;
+        let signature = record.signature_der().map_err(|_| TxStatus::Unknown)?;
+        let leaf = self.leaves[(tx_id.seqno - 1) as usize];
+        Ok(Receipt::new(
+            &cert,
+            &signature,
+            &proof,
+            &leaf.write_set_digest,
+            &commit_evidence(&self.config.ledger_secret, tx_id),
+            &leaf.claims_digest,
+            Vec::new(),
+        ))
+    }
+
+    /// Starts a read-write transaction over the current state.
+    pub(crate) fn begin(&self) -> Tx {
+        Tx::new(self.store.snapshot())
+    }
+
+    fn handle_request(
+        &mut self,
+        request: &Request,
+        out: &mut Vec<Action>,
+    ) -> Result<Response, CoreError> {
+        crate::endpoints::handle(self, request, out)
+    }
+}
+
+mod erased {
+    /// Serializes records to JSON bytes without naming serde in every call.
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            // The records are plain structs of strings; serialization cannot fail.
+            serde_json::to_vec(self).expect("record serializes")
+        }
+    }
+}
