@@ -1,1 +1,104 @@
-fn main() {}
+//! The `charter` command: run a sandbox network or a node, make keys, verify ledgers and receipts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod keys;
+mod node;
+mod sandbox;
+mod verify;
+
+/// Charter: a confidential consortium ledger.
+#[derive(Parser, Debug)]
+#[command(name = "charter", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a local network with generated members and users, and run it until Ctrl-C.
+    Sandbox(sandbox::SandboxArgs),
+    /// Run one node from a configuration file.
+    Node {
+        /// Path of the node's JSON configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Offline ledger tools.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Offline receipt tools.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Create a P-384 key pair and a self-signed certificate: NAME_privk.pem and NAME_cert.pem.
+    New {
+        /// Base name of the files, e.g. member3 or user2.
+        name: String,
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerCommand {
+    /// Check every entry, Merkle root, signature and node endorsement of a ledger directory.
+    Verify {
+        /// Directory holding ledger_* chunk files.
+        dir: PathBuf,
+        /// The service certificate (PEM) that must have endorsed every signing node.
+        #[arg(long)]
+        service_cert: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReceiptCommand {
+    /// Verify a receipt (CCF or Azure JSON form) against the service certificate.
+    Verify {
+        /// Receipt JSON file.
+        file: PathBuf,
+        /// The service certificate (PEM).
+        #[arg(long)]
+        service_cert: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sandbox(args) => sandbox::run(args),
+        Command::Node { config } => node::run(&config),
+        Command::Keys { command: KeysCommand::New { name, out } } => keys::new_identity(&name, &out),
+        Command::Ledger { command: LedgerCommand::Verify { dir, service_cert } } => {
+            verify::ledger(&dir, &service_cert)
+        }
+        Command::Receipt { command: ReceiptCommand::Verify { file, service_cert } } => {
+            verify::receipt(&file, &service_cert)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
