@@ -1,6 +1,6 @@
 //! The node state machine.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use charter_consensus::{Consensus, ConsensusConfig, LogEntry, Output, Restored};
 use charter_crypto::{Certificate, Digest, LedgerSecret, SigningKey};
@@ -68,8 +68,9 @@ pub enum Action {
         /// Token to hand back.
         token: u64,
     },
-    /// The open chunk ends at `last_seqno` (a committed signature): complete it and start
-    /// a new one.
+    /// The open chunk ends at `last_seqno`, a signature just appended: once it is durable,
+    /// complete the chunk (`ledger_FIRST-LAST.committed`) and start a new one. With a single
+    /// voter a durable signature is a committed one.
     CloseChunk {
         /// Seqno of the last entry of the chunk.
         last_seqno: u64,
@@ -195,9 +196,8 @@ pub struct Node {
     unsigned_since_ms: Option<u64>,
     now_ms: u64,
     last_raft_tick_ms: u64,
-    /// Chunk bookkeeping: bytes in the open chunk, and signatures that close a chunk once committed.
+    /// Bytes in the open chunk.
     chunk_bytes: u64,
-    chunk_closes: BTreeSet<u64>,
     poisoned: Option<String>,
     /// Sequence of sync tokens handed to the host.
     pending_syncs: HashMap<u64, ()>,
@@ -245,7 +245,6 @@ impl Node {
             now_ms: 0,
             last_raft_tick_ms: 0,
             chunk_bytes: 0,
-            chunk_closes: BTreeSet::new(),
             poisoned: None,
             pending_syncs: HashMap::new(),
             config,
@@ -483,7 +482,9 @@ impl Node {
                         if self.signatures.contains_key(&entry.seqno)
                             && self.chunk_bytes >= self.config.chunk_bytes_max
                         {
-                            self.chunk_closes.insert(entry.seqno);
+                            out.push(Action::CloseChunk {
+                                last_seqno: entry.seqno,
+                            });
                             self.chunk_bytes = 0;
                         }
                     }
@@ -499,15 +500,7 @@ impl Node {
                 Output::Committed(index) => {
                     self.raft_commit = self.raft_commit.max(index);
                     let commit = self.last_signature_at_or_before(self.raft_commit);
-                    if commit > self.commit_seqno {
-                        self.commit_seqno = commit;
-                        let closing: Vec<u64> =
-                            self.chunk_closes.range(..=commit).copied().collect();
-                        for last_seqno in closing {
-                            self.chunk_closes.remove(&last_seqno);
-                            out.push(Action::CloseChunk { last_seqno });
-                        }
-                    }
+                    self.commit_seqno = self.commit_seqno.max(commit);
                 }
                 Output::Role { .. } => {}
             }
