@@ -86,13 +86,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sandbox(args) => sandbox::run(args),
         Command::Node { config } => node::run(&config),
-        Command::Keys { command: KeysCommand::New { name, out } } => keys::new_identity(&name, &out),
-        Command::Ledger { command: LedgerCommand::Verify { dir, service_cert } } => {
-            verify::ledger(&dir, &service_cert)
-        }
-        Command::Receipt { command: ReceiptCommand::Verify { file, service_cert } } => {
-            verify::receipt(&file, &service_cert)
-        }
+        Command::Keys {
+            command: KeysCommand::New { name, out },
+        } => keys::new_identity(&name, &out),
+        Command::Ledger {
+            command: LedgerCommand::Verify { dir, service_cert },
+        } => verify::ledger(&dir, &service_cert),
+        Command::Receipt {
+            command: ReceiptCommand::Verify { file, service_cert },
+        } => verify::receipt(&file, &service_cert),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,7 @@
 //! Charter's node host: TLS listeners, HTTP, ledger files and timers around the core.
 
 pub mod client;
+pub mod files;
 pub mod http;
+pub mod node;
 pub mod tls;

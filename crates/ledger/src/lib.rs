@@ -23,17 +23,21 @@ pub mod entry;
 mod error;
 pub mod frame;
 pub mod merkle;
+pub mod receipt;
 mod records;
 pub mod tables;
 mod txid;
+pub mod verify;
 
 pub use entry::{
     commit_evidence, commit_evidence_digest, decode_entry, encode_entry, encode_noop, leaf_hash,
     Entry, EntryKind, EntryParts,
 };
 pub use error::LedgerError;
+pub use receipt::{LeafComponents, ProofElement, Receipt, ReceiptError};
 pub use records::{NodeInfo, NodeStatus, ServiceInfo, ServiceStatus, SignatureRecord};
 pub use txid::{TxId, TxIdParseError};
+pub use verify::{verify_ledger, LedgerFile, VerifyFailure, VerifySummary};
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];
