@@ -15,6 +15,7 @@ pub fn run(config: &Path) -> Result<(), String> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .init();
     let address = config.rpc_address;
     run_node(config, move |_| {

@@ -86,7 +86,7 @@ fn params_for(
         .distinguished_name
         .push(DnType::CommonName, spec.common_name);
     for name in spec.subject_alt_names {
-        let san = match name.parse::<std::net::IpAddr>() {
+        let san = match name.parse::<core::net::IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(name.clone().try_into().map_err(creation)?),
         };

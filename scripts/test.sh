@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: the Rust workspace (unit, property and end-to-end tests through the real
+# binary), then the third-party checks in Python (Azure's receipt verifier).
+# Expects the Python packages of tests/python/requirements.txt in .venv (bash .ci/run installs them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo build"
+cargo build --workspace --all-targets
+echo "== cargo test"
+cargo test --workspace
+if [ -x .venv/bin/pytest ] && [ -d tests/python ]; then
+  echo "== python third-party checks"
+  CHARTER_BIN="${CARGO_TARGET_DIR:-target}/debug/charter" .venv/bin/pytest -q tests/python
+else
+  echo "== python third-party checks skipped: run 'bash .ci/run' once to create .venv"
+  exit 1
+fi
