@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod keys;
+mod load;
 mod node;
 mod sandbox;
 mod verify;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Start a local network with generated members and users, and run it until Ctrl-C.
     Sandbox(sandbox::SandboxArgs),
+    /// Drive a closed-loop write load against a sandbox and report throughput and latency.
+    Load(load::LoadArgs),
     /// Run one node from a configuration file.
     Node {
         /// Path of the node's JSON configuration.
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sandbox(args) => sandbox::run(args),
+        Command::Load(args) => load::run(args),
         Command::Node { config } => node::run(&config),
         Command::Keys {
             command: KeysCommand::New { name, out },

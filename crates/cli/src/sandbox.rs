@@ -141,6 +141,19 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
         .append(true)
         .open(&log_path)
         .map_err(|error| format!("{}: {error}", log_path.display()))?;
+    // Signal handlers go in before the node starts, so that a SIGTERM or Ctrl-C at any moment
+    // stops the node too instead of killing the sandbox and orphaning it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())?;
+    let (mut terminate_signal, mut interrupt_signal) = {
+        let _guard = runtime.enter();
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate()).map_err(|error| error.to_string())?;
+        let interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
+        (terminate, interrupt)
+    };
     let exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let mut child = Command::new(exe)
         .arg("node")
@@ -157,14 +170,12 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
         workspace.display()
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| error.to_string())?;
     let result = runtime.block_on(async {
-        let node_id = match wait_until_ready(&mut child, rpc_address, &service_cert_path, &log_path, args.startup_timeout_s).await {
-            Ok(node_id) => node_id,
-            Err(error) => return Err(error),
+        let ready = wait_until_ready(&mut child, rpc_address, &service_cert_path, &log_path, args.startup_timeout_s);
+        let node_id = tokio::select! {
+            node_id = ready => node_id?,
+            _ = terminate_signal.recv() => return Ok(()),
+            _ = interrupt_signal.recv() => return Ok(()),
         };
         write_sandbox_json(&workspace, &service_cert_path, &node_id, rpc_address, &node_dir)?;
         println!("Network is open. Service certificate: {}", service_cert_path.display());
@@ -173,11 +184,9 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
         println!("  curl --cacert {ws}/service_cert.pem --cert {ws}/user0_cert.pem --key {ws}/user0_privk.pem https://{rpc_address}/app/kv/hello",
             ws = workspace.display());
         println!("Press Ctrl-C to stop.");
-        let mut terminate_signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|error| error.to_string())?;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = interrupt_signal.recv() => return Ok(()),
                 _ = terminate_signal.recv() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
                     if let Ok(Some(status)) = child.try_wait() {

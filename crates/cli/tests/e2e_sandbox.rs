@@ -1038,9 +1038,6 @@ async fn ledger_verify_detects_tampering_and_tolerates_a_torn_tail() {
 /// Restarting twice: the ledger written after the first restart must extend the ledger on disk,
 /// so that it still verifies and a second restart reads everything back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: after a restart the node writes new entries at offset 0 of the reopened open \
-            chunk, overwriting its first frames (crates/host/src/files.rs LedgerFiles::open opens \
-            the chunk with write(true) but neither append(true) nor a seek to good_len)"]
 async fn ledger_stays_valid_across_two_restarts() {
     let (_dir, workspace, logs) = setup();
     let service_cert = workspace.join("service_cert.pem");
@@ -1085,9 +1082,6 @@ async fn ledger_stays_valid_across_two_restarts() {
 /// SIGTERM while the sandbox still waits for its node to answer must stop the node too, not
 /// leave it running (holding the port and the ledger) after the sandbox has gone.
 #[test]
-#[ignore = "BUG: SIGTERM before the sandbox is ready kills the sandbox with the default action \
-            and orphans the node (crates/cli/src/sandbox.rs run: the SIGTERM handler is \
-            installed at line 176, only after wait_until_ready and write_sandbox_json)"]
 fn sigterm_during_start_up_stops_the_node() {
     let (dir, workspace, logs) = setup();
     std::fs::create_dir_all(&logs).unwrap();

@@ -715,6 +715,8 @@ impl Node {
             .and_then(|bytes| serde_json::from_slice(bytes).ok())
             .ok_or(TxStatus::Unknown)?;
         let cert = Certificate::from_pem(&node.cert).map_err(|_| TxStatus::Unknown)?;
+        // Receipt::new needs the signer's P-384 key; a node record without one has no receipt.
+        cert.public_key().map_err(|_| TxStatus::Unknown)?;
         let signature = record.signature_der().map_err(|_| TxStatus::Unknown)?;
         let leaf = self.leaves[(tx_id.seqno - 1) as usize];
         Ok(Receipt::new(

@@ -108,7 +108,9 @@ fn params_for(
             KeyUsagePurpose::DigitalSignature,
         ];
     } else {
-        params.is_ca = IsCa::ExplicitNoCa;
+        // No basicConstraints on end-entity certificates: DER forbids encoding the default
+        // cA=FALSE, and strict parsers (pyca/cryptography) reject it.
+        params.is_ca = IsCa::NoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,

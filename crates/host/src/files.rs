@@ -158,7 +158,7 @@ impl LedgerFiles {
             }
             if !name.is_complete() {
                 let file = OpenOptions::new()
-                    .write(true)
+                    .append(true)
                     .open(&path)
                     .map_err(io(&path))?;
                 if good_len < bytes.len() as u64 {
