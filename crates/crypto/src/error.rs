@@ -23,4 +23,8 @@ pub enum CryptoError {
     /// were altered.
     #[error("decryption failed: ciphertext or associated data altered, or wrong key")]
     Decrypt,
+    /// A COSE Sign1 message is malformed, too large, or lacks a required header; the text
+    /// names the culprit.
+    #[error("invalid COSE Sign1 message: {0}")]
+    Cose(String),
 }

@@ -1,4 +1,5 @@
-//! Charter's cryptography: SHA-256, ECDSA P-384 keys, X.509 certificates and AES-256-GCM.
+//! Charter's cryptography: SHA-256, ECDSA P-384 keys, X.509 certificates, AES-256-GCM and
+//! COSE Sign1 governance messages.
 //!
 //! Nothing here reads a clock or the operating system's randomness: key generation takes an
 //! RNG from the caller and certificate validity takes times from the caller, so the node core
@@ -14,15 +15,20 @@
 
 mod aead;
 mod cert;
+mod cose;
 mod error;
 mod hash;
 mod keys;
 
 pub use aead::{LedgerSecret, AEAD_NONCE_BYTES, AEAD_TAG_BYTES};
 pub use cert::{Certificate, CertificateSpec, Validity};
+pub use cose::{
+    cose_sign1, CoseSign1, GovHeaders, COSE_ALG_ES384, COSE_SIGN1_BYTES_MAX, COSE_SIGN1_TAG,
+    HEADER_MSG_CREATED_AT, HEADER_MSG_PROPOSAL_ID, HEADER_MSG_TYPE,
+};
 pub use error::CryptoError;
 pub use hash::{hmac_sha256, sha256, sha256_parts, Digest};
-pub use keys::{SigningKey, VerifyingKey};
+pub use keys::{SigningKey, VerifyingKey, SIGNATURE_RAW_BYTES};
 
 /// Re-exported so that callers can pass an RNG without naming the crate themselves.
 pub use rand_core::{CryptoRng, RngCore};
