@@ -1,0 +1,4 @@
+//! Charter's governance: the governance tables, member requests (COSE Sign1), proposals and
+//! ballots, and the sandboxed JavaScript runtime that runs the constitution.
+
+pub mod tables;
