@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod gov;
 mod keys;
 mod load;
 mod node;
@@ -30,6 +31,13 @@ enum Command {
         /// Path of the node's JSON configuration.
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Governance as a member: propose, vote, withdraw, show, ack.
+    Gov {
+        #[command(flatten)]
+        member: gov::MemberArgs,
+        #[command(subcommand)]
+        command: gov::GovCommand,
     },
     /// Key management.
     Keys {
@@ -89,6 +97,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sandbox(args) => sandbox::run(args),
         Command::Load(args) => load::run(args),
+        Command::Gov { member, command } => gov::run(member, command),
         Command::Node { config } => node::run(&config),
         Command::Keys {
             command: KeysCommand::New { name, out },

@@ -177,6 +177,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             _ = terminate_signal.recv() => return Ok(()),
             _ = interrupt_signal.recv() => return Ok(()),
         };
+        open_service(&workspace, rpc_address).await?;
         write_sandbox_json(&workspace, &service_cert_path, &node_id, rpc_address, &node_dir)?;
         println!("Network is open. Service certificate: {}", service_cert_path.display());
         println!("Try:\n  curl --cacert {ws}/service_cert.pem --cert {ws}/user0_cert.pem --key {ws}/user0_privk.pem -X PUT https://{rpc_address}/app/kv/hello --data-binary world",
@@ -202,6 +203,70 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
         node_dir.join("ledger").display()
     );
     result
+}
+
+/// Opens a new service the way a consortium would: every member acknowledges the state, member0
+/// proposes adding the users and opening the service, and a majority votes for it.
+async fn open_service(workspace: &Path, address: SocketAddr) -> Result<(), String> {
+    let read = |name: String| {
+        let path = workspace.join(&name);
+        std::fs::read_to_string(&path).map_err(|error| format!("{}: {error}", path.display()))
+    };
+    let service = read("service_cert.pem".to_owned())?;
+    let mut members = Vec::new();
+    for index in 0..MEMBERS {
+        let cert = read(format!("member{index}_cert.pem"))?;
+        let key = read(format!("member{index}_privk.pem"))?;
+        members.push(crate::gov::GovClient::connect_to(address, &service, &cert, &key).await?);
+    }
+    let info = members[0].get("/gov/service/info").await?;
+    if info["status"] == "Open" {
+        return Ok(());
+    }
+    let member_list = members[0].get("/gov/service/members").await?;
+    for member in &mut members {
+        let active = member_list["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|entry| entry["memberId"] == member.member_id() && entry["status"] == "Active");
+        if !active {
+            member
+                .ack()
+                .await
+                .map_err(|error| format!("member ack failed: {error}"))?;
+        }
+    }
+    let mut actions = Vec::new();
+    for index in 0..USERS {
+        actions.push(serde_json::json!({"name": "set_user", "args": {"cert": read(format!("user{index}_cert.pem"))?}}));
+    }
+    actions.push(serde_json::json!({"name": "transition_service_to_open", "args": {}}));
+    let proposal = serde_json::json!({ "actions": actions }).to_string();
+    let created = members[0]
+        .propose(proposal.as_bytes())
+        .await
+        .map_err(|error| format!("proposal failed: {error}"))?;
+    let id = created["proposalId"]
+        .as_str()
+        .ok_or("the proposal has no ID")?
+        .to_owned();
+    let majority = MEMBERS / 2 + 1;
+    let mut state = created["proposalState"].clone();
+    for member in members.iter_mut().take(majority) {
+        if state != "Open" {
+            break;
+        }
+        let voted = member
+            .vote(&id, crate::gov::ACCEPT_BALLOT)
+            .await
+            .map_err(|error| format!("ballot failed: {error}"))?;
+        state = voted["proposalState"].clone();
+    }
+    if state != "Accepted" {
+        return Err(format!("the proposal to open the service ended {state}"));
+    }
+    Ok(())
 }
 
 async fn wait_until_ready(

@@ -8,8 +8,11 @@ use serde_json::json;
 
 use crate::api::{Method, Request, Response};
 use crate::node::{Action, Node, TxStatus};
-use crate::tables::{KV_PRIVATE_MAP, KV_PUBLIC_MAP, MEMBERS_MAP, USERS_MAP};
+use crate::tables::{KV_PRIVATE_MAP, KV_PUBLIC_MAP};
 use crate::CoreError;
+use charter_gov::tables::{MEMBERS_MAP, USERS_MAP};
+use charter_ledger::tables::NODES_MAP;
+use charter_ledger::{NodeInfo, ServiceStatus};
 
 /// Largest number of entries one list request returns.
 pub const LIST_LIMIT_MAX: usize = 1_000;
@@ -64,6 +67,11 @@ pub(crate) fn handle(
     if let Some(rest) = path.strip_prefix("/node/") {
         return Ok(handle_node(node, rest, request));
     }
+    if let Some(rest) = path.strip_prefix("/gov") {
+        if rest.starts_with('/') {
+            return crate::gov_endpoints::handle(node, rest, request, out);
+        }
+    }
     if path == "/app" || path.starts_with("/app/") {
         match identify(node, request) {
             Caller::User => {}
@@ -89,6 +97,13 @@ pub(crate) fn handle(
                 ))
             }
         }
+        if service_status(node) != Some(ServiceStatus::Open) {
+            return Ok(Response::error(
+                503,
+                "ServiceNotOpen",
+                "the service is not open yet: members must pass transition_service_to_open",
+            ));
+        }
         return handle_app(node, &path[4..], request, out);
     }
     Ok(Response::error(
@@ -96,6 +111,26 @@ pub(crate) fn handle(
         "ResourceNotFound",
         format!("no endpoint at {path}"),
     ))
+}
+
+fn service_status(node: &Node) -> Option<ServiceStatus> {
+    node.store()
+        .get(SERVICE_MAP, SERVICE_KEY)
+        .and_then(|bytes| serde_json::from_slice::<ServiceInfo>(bytes).ok())
+        .map(|info| info.status)
+}
+
+fn quote_json(node_id: &str, evidence: &serde_json::Value) -> serde_json::Value {
+    let platform = evidence["platform"].as_str().unwrap_or("");
+    json!({
+        "node_id": node_id,
+        "format": if platform == "sev-snp" { "AMD_SEV_SNP_v1" } else { "Insecure_Virtual" },
+        "platform": platform,
+        "measurement": evidence["measurement"],
+        "raw": evidence["report"],
+        "endorsements": evidence["endorsements"],
+        "hardware_protection": evidence["hardware_protection"],
+    })
 }
 
 fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
@@ -144,6 +179,23 @@ fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
                     "primary_id": if node.is_primary() { Some(node.node_id()) } else { None },
                 }),
             )
+        }
+        "quotes/self" => {
+            let evidence = serde_json::to_value(node.evidence()).unwrap_or_default();
+            Response::json(200, &quote_json(node.node_id(), &evidence))
+        }
+        "quotes" => {
+            let quotes: Vec<serde_json::Value> = node
+                .begin()
+                .scan_prefix(NODES_MAP, b"", None, 10_000)
+                .into_iter()
+                .filter_map(|(key, value)| {
+                    let info: NodeInfo = serde_json::from_slice(&value).ok()?;
+                    let id = String::from_utf8(key).ok()?;
+                    info.evidence.map(|evidence| quote_json(&id, &evidence))
+                })
+                .collect();
+            Response::json(200, &json!({"quotes": quotes}))
         }
         "version" => Response::json(
             200,

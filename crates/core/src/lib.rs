@@ -13,15 +13,17 @@
 //! let node_key = SigningKey::from_seed(&[2; 32]).unwrap();
 //! let spec = CertificateSpec { common_name: "node", is_ca: false, subject_alt_names: &[], validity };
 //! let node_cert = Certificate::issue(&node_key.verifying_key(), &spec, &service_key, &service_cert).unwrap();
-//! let config = NodeConfig::new(node_key, node_cert, service_cert, LedgerSecret::from_bytes([3; 32]));
+//! let evidence = charter_attest::virtual_evidence(&"ab".repeat(32), &[7; 32]);
+//! let config = NodeConfig::new(node_key, node_cert, service_cert, LedgerSecret::from_bytes([3; 32]), evidence);
 //! let mut actions = Vec::new();
-//! let node = Node::new(config, StartMode::Genesis { members: vec![], users: vec![] }, &mut actions).unwrap();
+//! let node = Node::new(config, StartMode::Genesis { members: vec![] }, &mut actions).unwrap();
 //! assert!(actions.iter().any(|action| matches!(action, Action::Append { .. })));
 //! ```
 
 pub mod api;
 mod endpoints;
 mod error;
+mod gov_endpoints;
 mod node;
 pub mod tables;
 

@@ -13,7 +13,6 @@ use charter_ledger::{
 };
 
 use crate::api::{Request, RequestId, Response};
-use crate::tables::{MemberInfo, UserInfo, MEMBERS_MAP, USERS_MAP};
 use crate::CoreError;
 
 /// An event for the core.
@@ -23,6 +22,9 @@ pub enum Input {
     Tick {
         /// Milliseconds since an arbitrary fixed origin; never decreases.
         now_ms: u64,
+        /// The host's wall clock in seconds since the Unix epoch, used only to judge the
+        /// freshness of signed governance requests.
+        unix_time_s: u64,
     },
     /// An authenticated client request.
     Client {
@@ -125,6 +127,10 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Address clients use for this node, recorded in the nodes table.
     pub rpc_address: String,
+    /// This node's attestation evidence (JSON of `charter_attest::Evidence`).
+    pub evidence: charter_attest::Evidence,
+    /// Signed governance requests must be created within this many seconds of the node's time.
+    pub gov_request_window_s: u64,
 }
 
 impl NodeConfig {
@@ -135,8 +141,11 @@ impl NodeConfig {
         node_cert: Certificate,
         service_cert: Certificate,
         ledger_secret: LedgerSecret,
+        evidence: charter_attest::Evidence,
     ) -> NodeConfig {
         NodeConfig {
+            evidence,
+            gov_request_window_s: 300,
             node_key,
             node_cert,
             service_cert,
@@ -154,12 +163,11 @@ impl NodeConfig {
 /// How a node starts.
 #[derive(Clone, Debug)]
 pub enum StartMode {
-    /// Start a new network with these members and users.
+    /// Start a new network with these members (status Accepted until they acknowledge). The
+    /// service starts Opening, under the default constitution; users come by proposal.
     Genesis {
         /// Members' certificates.
         members: Vec<Certificate>,
-        /// Users' certificates.
-        users: Vec<Certificate>,
     },
     /// Restart from the ledger entries and Raft state on disk.
     Restart(Restored),
@@ -195,6 +203,7 @@ pub struct Node {
     unsigned_txs: u64,
     unsigned_since_ms: Option<u64>,
     now_ms: u64,
+    unix_time_s: u64,
     last_raft_tick_ms: u64,
     /// Bytes in the open chunk.
     chunk_bytes: u64,
@@ -227,7 +236,7 @@ impl Node {
         let node_id = config.node_key.verifying_key().id_hex();
         let consensus_config = ConsensusConfig::single(1, config.seed);
         let (restored, genesis) = match mode {
-            StartMode::Genesis { members, users } => (Restored::default(), Some((members, users))),
+            StartMode::Genesis { members } => (Restored::default(), Some(members)),
             StartMode::Restart(restored) => (restored, None),
         };
         let mut node = Node {
@@ -243,6 +252,7 @@ impl Node {
             unsigned_txs: 0,
             unsigned_since_ms: None,
             now_ms: 0,
+            unix_time_s: 0,
             last_raft_tick_ms: 0,
             chunk_bytes: 0,
             poisoned: None,
@@ -255,8 +265,8 @@ impl Node {
         node.commit_seqno = node.last_signature_at_or_before(node.raft_commit);
         node.consensus.campaign()?;
         node.drain_consensus(out)?;
-        if let Some((members, users)) = genesis {
-            node.write_genesis(&members, &users, out)?;
+        if let Some(members) = genesis {
+            node.write_genesis(&members, out)?;
         }
         if node.consensus.is_leader() {
             // A new primary signs at once so that what it inherited commits promptly.
@@ -338,6 +348,26 @@ impl Node {
         &self.store
     }
 
+    /// The host's wall clock as of the last tick, in seconds since the Unix epoch.
+    pub fn unix_time_s(&self) -> u64 {
+        self.unix_time_s
+    }
+
+    /// Freshness window of signed governance requests.
+    pub fn gov_request_window_s(&self) -> u64 {
+        self.config.gov_request_window_s
+    }
+
+    /// The digest members acknowledge: hex Merkle root over the ledger so far.
+    pub fn state_digest_hex(&self) -> String {
+        self.tree.root().map(hex::encode).unwrap_or_default()
+    }
+
+    /// This node's attestation evidence.
+    pub fn evidence(&self) -> &charter_attest::Evidence {
+        &self.config.evidence
+    }
+
     /// The service certificate.
     pub fn service_cert(&self) -> &Certificate {
         &self.config.service_cert
@@ -393,9 +423,13 @@ impl Node {
 
     fn step_inner(&mut self, input: Input, out: &mut Vec<Action>) -> Result<(), CoreError> {
         match input {
-            Input::Tick { now_ms } => {
+            Input::Tick {
+                now_ms,
+                unix_time_s,
+            } => {
                 assert!(now_ms >= self.now_ms, "time went backwards");
                 self.now_ms = now_ms;
+                self.unix_time_s = unix_time_s;
                 if self.last_raft_tick_ms == 0 {
                     self.last_raft_tick_ms = now_ms;
                 }
@@ -657,39 +691,64 @@ impl Node {
     fn write_genesis(
         &mut self,
         members: &[Certificate],
-        users: &[Certificate],
         out: &mut Vec<Action>,
     ) -> Result<(), CoreError> {
+        use charter_gov::tables as gov;
         let json = |value: &dyn erased::Json| value.to_json();
         let mut write_set = WriteSet::new();
         let service = ServiceInfo {
             cert: self.config.service_cert.to_pem(),
-            status: ServiceStatus::Open,
+            status: ServiceStatus::Opening,
         };
         write_set.put(SERVICE_MAP, SERVICE_KEY, &json(&service));
         let node = NodeInfo {
             cert: self.config.node_cert.to_pem(),
             status: NodeStatus::Trusted,
             rpc_address: self.config.rpc_address.clone(),
+            evidence: Some(
+                serde_json::to_value(&self.config.evidence).expect("evidence serializes"),
+            ),
         };
         write_set.put(NODES_MAP, self.node_id.as_bytes(), &json(&node));
         for member in members {
-            let info = MemberInfo {
+            let info = gov::MemberInfo {
                 cert: member.to_pem(),
-                status: "Active".to_owned(),
+                status: gov::MemberStatus::Accepted,
+                member_data: None,
+                public_encryption_key: None,
             };
             write_set.put(
-                MEMBERS_MAP,
+                gov::MEMBERS_MAP,
                 member.fingerprint_hex().as_bytes(),
                 &json(&info),
             );
         }
-        for user in users {
-            let info = UserInfo {
-                cert: user.to_pem(),
-            };
-            write_set.put(USERS_MAP, user.fingerprint_hex().as_bytes(), &json(&info));
-        }
+        write_set.put(
+            gov::CONSTITUTION_MAP,
+            gov::CONSTITUTION_KEY.as_bytes(),
+            charter_gov::constitution::DEFAULT_CONSTITUTION.as_bytes(),
+        );
+        // The first node's own platform and code are what the network starts with; governance
+        // changes both manifests afterwards.
+        let platform = self.config.evidence.platform.as_str();
+        write_set.put(
+            gov::TEE_MANIFEST_MAP,
+            platform.as_bytes(),
+            br#"{"status":"Allowed"}"#,
+        );
+        write_set.put(
+            gov::CODE_MANIFEST_MAP,
+            self.config.evidence.measurement.as_bytes(),
+            br#"{"status":"AllowedToJoin"}"#,
+        );
+        let threshold = gov::ServiceConfig {
+            recovery_threshold: 1,
+        };
+        write_set.put(
+            gov::SERVICE_CONFIG_MAP,
+            gov::SERVICE_CONFIG_KEY.as_bytes(),
+            &json(&threshold),
+        );
         self.write_transaction(EntryKind::Transaction, write_set, [0; 32], out)?;
         Ok(())
     }

@@ -3,4 +3,5 @@
 
 pub mod constitution;
 pub mod js;
+pub mod requests;
 pub mod tables;

@@ -126,7 +126,9 @@ pub struct JsRuntimeOptions {
     pub max_heap_bytes: u64,
     /// Stack limit in bytes.
     pub max_stack_bytes: u64,
-    /// Execution budget, in interrupt-handler polls (deterministic, not wall time).
+    /// Execution budget, in interrupt-handler polls (deterministic, not wall time). One poll is
+    /// about 10,000 interpreter steps; the default (10,000) ends a runaway script in about a
+    /// second, while the default constitution needs fewer than 100.
     pub max_execution_fuel: u64,
 }
 
@@ -135,7 +137,7 @@ impl Default for JsRuntimeOptions {
         JsRuntimeOptions {
             max_heap_bytes: 100 << 20,
             max_stack_bytes: 1 << 20,
-            max_execution_fuel: 1_000_000,
+            max_execution_fuel: 10_000,
         }
     }
 }

@@ -368,14 +368,23 @@ mod tests {
             files.append(seqno, &entry(seqno)).unwrap();
         }
         files.sync().unwrap();
-        files.save_hard_state(HardStateRecord { term: 1, vote: 1, commit: 6 }).unwrap();
+        files
+            .save_hard_state(HardStateRecord {
+                term: 1,
+                vote: 1,
+                commit: 6,
+            })
+            .unwrap();
         drop(files);
         let mut names: Vec<String> = fs::read_dir(dir.path())
             .unwrap()
             .map(|item| item.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, ["ledger_1-3.committed", "ledger_4", "raft_state.json"]);
+        assert_eq!(
+            names,
+            ["ledger_1-3.committed", "ledger_4", "raft_state.json"]
+        );
 
         let (mut files, loaded) = LedgerFiles::open(dir.path()).unwrap();
         assert_eq!(loaded.entries.len(), 6);
@@ -387,7 +396,10 @@ mod tests {
         drop(files);
         // Appends after reopening extend the chunk instead of overwriting its start.
         let (files, loaded) = LedgerFiles::open(dir.path()).unwrap();
-        assert_eq!(loaded.entries.iter().map(|e| e.seqno).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            loaded.entries.iter().map(|e| e.seqno).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
         assert_eq!(files.next_seqno(), 6);
     }
 
@@ -413,7 +425,10 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         match LedgerFiles::open(dir.path()) {
             Err(FilesError::Corrupt { offset, .. }) => assert_eq!(offset, 0),
-            other => panic!("expected corruption, got {:?}", other.map(|(_, loaded)| loaded.entries.len())),
+            other => panic!(
+                "expected corruption, got {:?}",
+                other.map(|(_, loaded)| loaded.entries.len())
+            ),
         }
     }
 }

@@ -207,6 +207,23 @@ impl Handler for CoreHandler {
     }
 }
 
+fn unix_time_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// This node's attestation evidence on the `virtual` platform: the measurement is the SHA-256
+/// of the running binary, and the report binds the node's public key.
+fn own_evidence(node_key: &SigningKey) -> Result<charter_attest::Evidence, NodeError> {
+    let exe = std::env::current_exe()
+        .map_err(|error| format!("cannot locate the node binary: {error}"))?;
+    let binary = std::fs::read(&exe).map_err(|error| format!("{}: {error}", exe.display()))?;
+    let measurement = hex::encode(charter_crypto::sha256(&binary));
+    let report_data = charter_crypto::sha256(&node_key.verifying_key().to_spki_der());
+    Ok(charter_attest::virtual_evidence(&measurement, &report_data))
+}
+
 /// The core's event loop: owns the node and the ledger files.
 struct CoreLoop {
     node: Node,
@@ -312,7 +329,13 @@ impl CoreLoop {
             if Instant::now() >= next_tick {
                 let now_ms = self.now_ms();
                 self.node
-                    .step(Input::Tick { now_ms }, &mut actions)
+                    .step(
+                        Input::Tick {
+                            now_ms,
+                            unix_time_s: unix_time_s(),
+                        },
+                        &mut actions,
+                    )
                     .map_err(|e| e.to_string())?;
                 next_tick = Instant::now() + tick;
             }
@@ -347,11 +370,13 @@ pub fn run_node(
             "discarded a torn tail at the end of the ledger"
         );
     }
+    let evidence = own_evidence(&identity.node_key)?;
     let mut node_config = NodeConfig::new(
         identity.node_key.clone(),
         identity.node_cert.clone(),
         identity.service_cert.clone(),
         identity.ledger_secret.clone(),
+        evidence,
     );
     node_config.signature_interval_txs = config.signature_interval_txs.max(1);
     node_config.signature_interval_ms = config.signature_interval_ms.max(1);
@@ -367,9 +392,13 @@ pub fn run_node(
                 })
                 .collect()
         };
+        if !config.users.is_empty() {
+            tracing::warn!(
+                "`users` in the configuration is ignored: users are added by governance proposals"
+            );
+        }
         StartMode::Genesis {
             members: load(&config.members)?,
-            users: load(&config.users)?,
         }
     } else {
         StartMode::Restart(Restored {
@@ -388,6 +417,16 @@ pub fn run_node(
         hard_state,
         started: Instant::now(),
     };
+    // A first tick gives the core the wall clock before any request arrives.
+    core.node
+        .step(
+            Input::Tick {
+                now_ms: core.now_ms(),
+                unix_time_s: unix_time_s(),
+            },
+            &mut actions,
+        )
+        .map_err(|error| error.to_string())?;
     core.perform(actions)?;
     if let Some(path) = &config.service_cert_out {
         std::fs::write(path, identity.service_cert.to_pem())

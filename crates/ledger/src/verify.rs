@@ -579,6 +579,7 @@ mod tests {
                 cert: node_cert.to_pem(),
                 status: NodeStatus::Trusted,
                 rpc_address: "127.0.0.1:8000".into(),
+                evidence: None,
             };
             let service = ServiceInfo {
                 cert: service_cert.to_pem(),
