@@ -64,6 +64,9 @@ pub(crate) fn handle(
     out: &mut Vec<Action>,
 ) -> Result<Response, CoreError> {
     let path = request.path.as_str();
+    if path == "/node/join" && request.method == Method::Post {
+        return crate::join::handle(node, request, out);
+    }
     if let Some(rest) = path.strip_prefix("/node/") {
         return Ok(handle_node(node, rest, request));
     }

@@ -24,6 +24,7 @@ pub mod api;
 mod endpoints;
 mod error;
 mod gov_endpoints;
+mod join;
 mod node;
 pub mod tables;
 

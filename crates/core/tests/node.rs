@@ -129,3 +129,100 @@ fn restart_keeps_committed_writes_and_drops_unsigned_tail() {
     harness.tick(150);
     assert_eq!(harness.status(next), "Committed");
 }
+
+fn join_request(
+    harness: &mut Harness,
+    measurement: &str,
+    seed: u8,
+) -> (charter_core::Response, String) {
+    let (key, node_cert) = cert(seed, "joining node", false);
+    let report_data = charter_attest::node_report_data(&key.verifying_key().to_spki_der());
+    let evidence = charter_attest::virtual_evidence(measurement, &report_data);
+    let body = serde_json::json!({
+        "certificate": node_cert.to_pem(),
+        "evidence": evidence,
+        "rpc_address": "127.0.0.1:8001",
+    })
+    .to_string();
+    let response = harness.request(
+        Method::Post,
+        "/node/join",
+        &[],
+        body.as_bytes(),
+        Some(&node_cert),
+    );
+    (response, key.verifying_key().id_hex())
+}
+
+#[test]
+fn join_is_checked_against_the_manifests_and_trusted_by_vote() {
+    let mut harness = Harness::new();
+    // The harness's genesis evidence names measurement "abab…"; another one is not allowed.
+    let (refused, _) = join_request(&mut harness, &"cd".repeat(32), 20);
+    assert_eq!(refused.status, 403);
+    let body = String::from_utf8_lossy(&refused.body);
+    assert!(
+        body.contains("JoinRefused") && body.contains("measurement"),
+        "{body}"
+    );
+
+    let (accepted, node_id) = join_request(&mut harness, &"ab".repeat(32), 21);
+    assert_eq!(
+        accepted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&accepted.body)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&accepted.body).unwrap();
+    assert_eq!(json["node_status"], "Pending");
+
+    // A join whose TLS certificate is not the one in the request is refused.
+    let (_, other) = cert(22, "other", false);
+    let (key, node_cert) = cert(23, "joining node", false);
+    let evidence = charter_attest::virtual_evidence(
+        &"ab".repeat(32),
+        &charter_attest::node_report_data(&key.verifying_key().to_spki_der()),
+    );
+    let body = serde_json::json!({"certificate": node_cert.to_pem(), "evidence": evidence, "rpc_address": "x"}).to_string();
+    assert_eq!(
+        harness
+            .request(
+                Method::Post,
+                "/node/join",
+                &[],
+                body.as_bytes(),
+                Some(&other)
+            )
+            .status,
+        401
+    );
+
+    // Governance trusts the pending node.
+    let member_id = harness.member.fingerprint_hex();
+    let proposal = serde_json::json!({"actions": [{"name": "transition_node_to_trusted", "args": {"node_id": node_id}}]}).to_string();
+    let created = harness.gov(
+        "/gov/members/proposals:create",
+        "proposal",
+        None,
+        proposal.as_bytes(),
+    );
+    let id = created["proposalId"].as_str().unwrap().to_owned();
+    let ballot =
+        serde_json::json!({"ballot": "export function vote(p, id) { return true; }"}).to_string();
+    let voted = harness.gov(
+        &format!("/gov/members/proposals/{id}/ballots/{member_id}:submit"),
+        "ballot",
+        Some(&id),
+        ballot.as_bytes(),
+    );
+    assert_eq!(voted["proposalState"], "Accepted", "{voted}");
+    let nodes = harness.request(Method::Get, "/gov/service/nodes", &[], b"", None);
+    let nodes: serde_json::Value = serde_json::from_slice(&nodes.body).unwrap();
+    let joined = nodes["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["nodeId"] == node_id.as_str())
+        .unwrap();
+    assert_eq!(joined["status"], "Trusted");
+}

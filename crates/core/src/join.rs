@@ -1,0 +1,133 @@
+//! `POST /node/join`: a node asks to join. Its attestation evidence must name a platform in
+//! the TEE manifest and a measurement in the code manifest, and be bound to the key of the
+//! certificate it presents on the TLS connection; it is then recorded as Pending until a
+//! `transition_node_to_trusted` proposal passes.
+
+use charter_attest::{Evidence, Platform, Policy};
+use charter_crypto::Certificate;
+use charter_gov::tables::{CODE_MANIFEST_MAP, HOST_DATA_MAP, NODES_MAP, TEE_MANIFEST_MAP};
+use charter_kv::Tx;
+use charter_ledger::{EntryKind, NodeInfo, NodeStatus};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{Request, Response};
+use crate::node::{Action, Node};
+use crate::CoreError;
+
+/// Body of a join request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinRequest {
+    /// The joining node's certificate (PEM), the same one it presents as its TLS client
+    /// certificate; the service endorses its key once the node is trusted.
+    certificate: String,
+    /// Its attestation evidence.
+    evidence: Evidence,
+    /// Address it serves clients on.
+    rpc_address: String,
+}
+
+fn keys(tx: &mut Tx, map: &str) -> Vec<String> {
+    tx.scan_prefix(map, b"", None, 10_000)
+        .into_iter()
+        .filter_map(|(key, _)| String::from_utf8(key).ok())
+        .collect()
+}
+
+pub(crate) fn handle(
+    node: &mut Node,
+    request: &Request,
+    out: &mut Vec<Action>,
+) -> Result<Response, CoreError> {
+    let join: JoinRequest = match serde_json::from_slice(&request.body) {
+        Ok(join) => join,
+        Err(error) => {
+            return Ok(Response::error(
+                400,
+                "InvalidInput",
+                format!("join request: {error}"),
+            ))
+        }
+    };
+    let cert = match Certificate::from_pem(&join.certificate) {
+        Ok(cert) => cert,
+        Err(error) => {
+            return Ok(Response::error(
+                400,
+                "InvalidInput",
+                format!("certificate: {error}"),
+            ))
+        }
+    };
+    if request.caller_cert_der.as_deref() != Some(cert.der()) {
+        return Ok(Response::error(
+            401,
+            "InvalidAuthenticationInfo",
+            "a joining node must present the certificate of its join request as its TLS client certificate",
+        ));
+    }
+    let key = match cert.public_key() {
+        Ok(key) => key,
+        Err(error) => {
+            return Ok(Response::error(
+                400,
+                "InvalidInput",
+                format!("certificate key: {error}"),
+            ))
+        }
+    };
+    let node_id = key.id_hex();
+    let mut tx = node.begin();
+    if let Some(existing) = tx
+        .get(NODES_MAP, node_id.as_bytes())
+        .and_then(|bytes| serde_json::from_slice::<NodeInfo>(&bytes).ok())
+    {
+        return Ok(Response::json(
+            200,
+            &json!({"node_id": node_id, "node_status": existing.status}),
+        ));
+    }
+    let platforms: Vec<Platform> = keys(&mut tx, TEE_MANIFEST_MAP)
+        .iter()
+        .filter_map(|name| Platform::parse(name))
+        .collect();
+    let measurements = keys(&mut tx, CODE_MANIFEST_MAP);
+    let host_data = keys(&mut tx, HOST_DATA_MAP);
+    let policy = Policy {
+        allowed_platforms: &platforms,
+        allowed_measurements: &measurements,
+        allowed_host_data: &host_data,
+    };
+    let report_data = charter_attest::node_report_data(&key.to_spki_der());
+    if let Err(error) = charter_attest::verify(&join.evidence, &report_data, &policy) {
+        return Ok(Response::error(
+            403,
+            "JoinRefused",
+            format!("attestation refused: {error}"),
+        ));
+    }
+    if !node.is_primary() {
+        return Ok(Response::error(
+            503,
+            "NotPrimary",
+            "this node is not the primary",
+        ));
+    }
+    let info = NodeInfo {
+        cert: join.certificate,
+        status: NodeStatus::Pending,
+        rpc_address: join.rpc_address,
+        evidence: serde_json::to_value(&join.evidence).ok(),
+    };
+    let value = serde_json::to_vec(&info).expect("node info serializes");
+    if let Err(error) = tx.try_put(NODES_MAP, node_id.as_bytes(), &value) {
+        return Ok(Response::error(400, "InvalidInput", error.to_string()));
+    }
+    let tx_id =
+        node.write_transaction(EntryKind::Transaction, tx.into_write_set(), [0; 32], out)?;
+    Ok(
+        Response::json(200, &json!({"node_id": node_id, "node_status": "Pending"}))
+            .with_header("x-ms-ccf-transaction-id", tx_id.to_string()),
+    )
+}
