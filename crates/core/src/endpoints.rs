@@ -21,7 +21,7 @@ pub const LIST_LIMIT_DEFAULT: usize = 100;
 
 /// Who is calling, as far as the store knows.
 enum Caller {
-    User,
+    User(String),
     Member,
     Unknown,
     Anonymous,
@@ -34,7 +34,7 @@ fn identify(node: &Node, request: &Request) -> Caller {
     let id = charter_crypto::sha256(der);
     let id = hex::encode(id);
     if node.store().get(USERS_MAP, id.as_bytes()).is_some() {
-        Caller::User
+        Caller::User(id)
     } else if node.store().get(MEMBERS_MAP, id.as_bytes()).is_some() {
         Caller::Member
     } else {
@@ -76,8 +76,8 @@ pub(crate) fn handle(
         }
     }
     if path == "/app" || path.starts_with("/app/") {
-        match identify(node, request) {
-            Caller::User => {}
+        let caller_id = match identify(node, request) {
+            Caller::User(id) => id,
             Caller::Member => {
                 return Ok(Response::error(
                     403,
@@ -99,7 +99,7 @@ pub(crate) fn handle(
                     "a user client certificate is required",
                 ))
             }
-        }
+        };
         if service_status(node) != Some(ServiceStatus::Open) {
             return Ok(Response::error(
                 503,
@@ -107,7 +107,33 @@ pub(crate) fn handle(
                 "the service is not open yet: members must pass transition_service_to_open",
             ));
         }
-        return handle_app(node, &path[4..], request, out);
+        let rest = &path[4..];
+        if rest == "/kv" || rest.starts_with("/kv/") || rest == "/receipt" {
+            return handle_app(node, rest, request, out);
+        }
+        let apps = node.take_apps();
+        let mut answer = None;
+        {
+            let mut ctx = crate::app::AppContext {
+                node,
+                out,
+                caller_id,
+            };
+            for app in &apps {
+                if let Some(result) = app.handle(&mut ctx, rest, request) {
+                    answer = Some(result);
+                    break;
+                }
+            }
+        }
+        node.restore_apps(apps);
+        return answer.unwrap_or_else(|| {
+            Ok(Response::error(
+                404,
+                "ResourceNotFound",
+                format!("no endpoint at {path}"),
+            ))
+        });
     }
     Ok(Response::error(
         404,

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod api;
+pub mod app;
 mod endpoints;
 mod error;
 mod gov_endpoints;
@@ -29,6 +30,7 @@ mod node;
 pub mod tables;
 
 pub use api::{Method, Request, RequestId, Response};
+pub use app::{AppContext, Application, Historical, HistoricalTx};
 pub use charter_consensus::{HardStateRecord, LogEntry, Restored};
 pub use error::CoreError;
 pub use node::{Action, Input, Node, NodeConfig, StartMode, TxStatus};

@@ -33,6 +33,12 @@ pub enum Input {
         /// The request.
         request: Request,
     },
+    /// Ledger entries the host read back for [`Action::ReadEntries`]: each seqno with its
+    /// entry bytes, or `None` if the files do not hold it.
+    EntriesRead {
+        /// Seqnos and entry bytes.
+        entries: Vec<(u64, Option<Vec<u8>>)>,
+    },
     /// Everything the host was asked to append or save before [`Action::Sync`] with this
     /// token is now durable.
     Durable {
@@ -62,6 +68,14 @@ pub enum Action {
     Truncate {
         /// First seqno to drop.
         from_seqno: u64,
+    },
+    /// Read the entries `from_seqno..=to_seqno` back from the ledger files and return them
+    /// with [`Input::EntriesRead`] (historical queries).
+    ReadEntries {
+        /// First seqno.
+        from_seqno: u64,
+        /// Last seqno.
+        to_seqno: u64,
     },
     /// Persist Raft's hard state.
     SaveHardState(charter_consensus::HardStateRecord),
@@ -208,6 +222,10 @@ pub struct Node {
     /// Bytes in the open chunk.
     chunk_bytes: u64,
     poisoned: Option<String>,
+    /// Applications under `/app`, tried in order after the built-in key-value app's paths.
+    apps: Vec<Box<dyn crate::app::Application>>,
+    /// Historical transactions read back from the ledger files.
+    historical: HistoricalCache,
     /// Sequence of sync tokens handed to the host.
     pending_syncs: HashMap<u64, ()>,
 }
@@ -256,6 +274,8 @@ impl Node {
             last_raft_tick_ms: 0,
             chunk_bytes: 0,
             poisoned: None,
+            apps: Vec::new(),
+            historical: HistoricalCache::default(),
             pending_syncs: HashMap::new(),
             config,
         };
@@ -454,6 +474,11 @@ impl Node {
                 out.push(Action::Respond { id, response });
                 if self.unsigned_txs >= self.config.signature_interval_txs {
                     self.emit_signature(out)?;
+                }
+            }
+            Input::EntriesRead { entries } => {
+                for (seqno, bytes) in entries {
+                    self.historical_arrived(seqno, bytes);
                 }
             }
             Input::Durable { token } => {
@@ -789,6 +814,97 @@ impl Node {
         ))
     }
 
+    /// Registers an application; requests under `/app` that the key-value app does not serve
+    /// go to the applications in registration order.
+    pub fn register_app(&mut self, app: Box<dyn crate::app::Application>) {
+        self.apps.push(app);
+    }
+
+    pub(crate) fn take_apps(&mut self) -> Vec<Box<dyn crate::app::Application>> {
+        std::mem::take(&mut self.apps)
+    }
+
+    pub(crate) fn restore_apps(&mut self, apps: Vec<Box<dyn crate::app::Application>>) {
+        assert!(
+            self.apps.is_empty(),
+            "applications cannot register while one runs"
+        );
+        self.apps = apps;
+    }
+
+    /// A historical transaction: from the cache, or asked of the host.
+    pub(crate) fn historical(
+        &mut self,
+        tx_id: TxId,
+        out: &mut Vec<Action>,
+    ) -> crate::app::Historical {
+        use crate::app::Historical;
+        if tx_id.seqno == 0
+            || tx_id.seqno > self.ingested
+            || self.consensus.term_at(tx_id.seqno) != Some(tx_id.view)
+        {
+            return Historical::Unknown;
+        }
+        if let Some(found) = self.historical.get(tx_id.seqno) {
+            return found;
+        }
+        if self.historical.pending.insert(tx_id.seqno) {
+            out.push(Action::ReadEntries {
+                from_seqno: tx_id.seqno,
+                to_seqno: tx_id.seqno,
+            });
+        }
+        Historical::Loading
+    }
+
+    /// Checks an entry the host read back against the Merkle tree, decrypts and caches it.
+    fn historical_arrived(&mut self, seqno: u64, bytes: Option<Vec<u8>>) {
+        use crate::app::{Historical, HistoricalTx};
+        if !self.historical.pending.remove(&seqno) {
+            return;
+        }
+        let result = (|| -> Result<HistoricalTx, String> {
+            let bytes = bytes.ok_or("the ledger files do not hold this entry")?;
+            let entry = decode_entry(&bytes).map_err(|error| error.to_string())?;
+            if entry.tx_id.seqno != seqno {
+                return Err(format!(
+                    "the files hold {} where seqno {seqno} belongs",
+                    entry.tx_id
+                ));
+            }
+            let expected = self
+                .tree
+                .leaf(seqno - 1)
+                .ok_or("no Merkle leaf for this seqno")?;
+            if entry.leaf() != expected {
+                return Err(
+                    "the entry in the ledger files does not match the Merkle tree".to_owned(),
+                );
+            }
+            let mut write_set = if entry.public.is_empty() {
+                WriteSet::new()
+            } else {
+                WriteSet::decode(entry.public).map_err(|error| error.to_string())?
+            };
+            let private = entry
+                .decrypt_private(&self.config.ledger_secret, &bytes)
+                .map_err(|error| error.to_string())?;
+            if !private.is_empty() {
+                write_set.merge(WriteSet::decode(&private).map_err(|error| error.to_string())?);
+            }
+            Ok(HistoricalTx {
+                tx_id: entry.tx_id,
+                write_set,
+                claims_digest: entry.claims_digest,
+            })
+        })();
+        let value = match result {
+            Ok(found) => Historical::Ready(found),
+            Err(reason) => Historical::Corrupt(reason),
+        };
+        self.historical.insert(seqno, value);
+    }
+
     /// Starts a read-write transaction over the current state.
     pub(crate) fn begin(&self) -> Tx {
         Tx::new(self.store.snapshot())
@@ -800,6 +916,35 @@ impl Node {
         out: &mut Vec<Action>,
     ) -> Result<Response, CoreError> {
         crate::endpoints::handle(self, request, out)
+    }
+}
+
+/// Largest number of historical transactions kept in memory.
+pub const HISTORICAL_CACHE_ENTRIES_MAX: usize = 10_000;
+
+/// A bounded cache of historical transactions, evicting the oldest insertion first.
+#[derive(Default)]
+struct HistoricalCache {
+    entries: HashMap<u64, crate::app::Historical>,
+    order: std::collections::VecDeque<u64>,
+    pending: std::collections::BTreeSet<u64>,
+}
+
+impl HistoricalCache {
+    fn get(&self, seqno: u64) -> Option<crate::app::Historical> {
+        self.entries.get(&seqno).cloned()
+    }
+
+    fn insert(&mut self, seqno: u64, value: crate::app::Historical) {
+        if self.entries.insert(seqno, value).is_none() {
+            self.order.push_back(seqno);
+        }
+        while self.order.len() > HISTORICAL_CACHE_ENTRIES_MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.entries.remove(&oldest);
+            }
+        }
+        assert!(self.entries.len() <= HISTORICAL_CACHE_ENTRIES_MAX);
     }
 }
 

@@ -243,6 +243,7 @@ impl CoreLoop {
     fn perform(&mut self, mut actions: Vec<Action>) -> Result<(), NodeError> {
         for _ in 0..64 {
             let mut sync = None;
+            let mut reads = Vec::new();
             for action in actions.drain(..) {
                 match action {
                     Action::Respond { id, response } => {
@@ -268,6 +269,16 @@ impl CoreLoop {
                         }
                         self.hard_state = state;
                     }
+                    Action::ReadEntries {
+                        from_seqno,
+                        to_seqno,
+                    } => {
+                        let entries = self
+                            .files
+                            .read_range(from_seqno, to_seqno)
+                            .map_err(|e| e.to_string())?;
+                        reads.push(entries);
+                    }
                     Action::Sync { token } => {
                         sync = Some(sync.map_or(token, |t: u64| t.max(token)))
                     }
@@ -277,8 +288,16 @@ impl CoreLoop {
                         .map_err(|e| e.to_string())?,
                 }
             }
+            for entries in reads {
+                self.node
+                    .step(Input::EntriesRead { entries }, &mut actions)
+                    .map_err(|e| e.to_string())?;
+            }
             let Some(token) = sync else {
-                return Ok(());
+                if actions.is_empty() {
+                    return Ok(());
+                }
+                continue;
             };
             self.files.sync().map_err(|e| e.to_string())?;
             self.node

@@ -176,6 +176,7 @@ impl Harness {
 
     /// Plays the host: applies actions, reports durability at once.
     pub fn host(&mut self, mut actions: Vec<Action>) {
+        let mut reads: Vec<Vec<(u64, Option<Vec<u8>>)>> = Vec::new();
         for _ in 0..100 {
             let mut sync = None;
             for action in actions.drain(..) {
@@ -201,14 +202,39 @@ impl Harness {
                     Action::Sync { token } => sync = Some(token),
                     Action::Respond { id, response } => self.responses.push((id, response)),
                     Action::CloseChunk { .. } => {}
+                    Action::ReadEntries {
+                        from_seqno,
+                        to_seqno,
+                    } => {
+                        let entries = (from_seqno..=to_seqno)
+                            .map(|seqno| {
+                                let entry = self.ledger.get(seqno as usize - 1);
+                                let bytes = entry.map(|entry| {
+                                    if entry.data.is_empty() {
+                                        charter_ledger::encode_noop(TxId::new(entry.view, seqno))
+                                    } else {
+                                        entry.data.clone()
+                                    }
+                                });
+                                (seqno, bytes)
+                            })
+                            .collect();
+                        reads.push(entries);
+                    }
                 }
+            }
+            for entries in reads.drain(..) {
+                self.node
+                    .step(Input::EntriesRead { entries }, &mut actions)
+                    .unwrap();
             }
             match sync {
                 Some(token) => self
                     .node
                     .step(Input::Durable { token }, &mut actions)
                     .unwrap(),
-                None => return,
+                None if actions.is_empty() => return,
+                None => {}
             }
         }
         panic!("host loop did not settle");
