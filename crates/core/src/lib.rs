@@ -33,4 +33,4 @@ pub use api::{Method, Request, RequestId, Response};
 pub use app::{AppContext, Application, Historical, HistoricalTx};
 pub use charter_consensus::{HardStateRecord, LogEntry, Restored};
 pub use error::CoreError;
-pub use node::{Action, Input, Node, NodeConfig, StartMode, TxStatus};
+pub use node::{Action, FetchedEntries, Input, Node, NodeConfig, StartMode, TxStatus};

@@ -37,7 +37,7 @@ pub enum Input {
     /// entry bytes, or `None` if the files do not hold it.
     EntriesRead {
         /// Seqnos and entry bytes.
-        entries: Vec<(u64, Option<Vec<u8>>)>,
+        entries: FetchedEntries,
     },
     /// Everything the host was asked to append or save before [`Action::Sync`] with this
     /// token is now durable.
@@ -46,6 +46,9 @@ pub enum Input {
         token: u64,
     },
 }
+
+/// Entries read back from the ledger files: each seqno with its bytes, or `None` if missing.
+pub type FetchedEntries = Vec<(u64, Option<Vec<u8>>)>;
 
 /// Work for the host, to be done in order.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -196,7 +196,7 @@ impl LedgerFiles {
         &mut self,
         from: u64,
         to: u64,
-    ) -> Result<Vec<(u64, Option<Vec<u8>>)>, FilesError> {
+    ) -> Result<charter_core::FetchedEntries, FilesError> {
         assert!(from <= to);
         // Entries still in the write buffer are read from the file only once written.
         self.flush()?;

@@ -426,7 +426,10 @@ pub fn run_node(
         })
     };
     let mut actions = Vec::new();
-    let node = Node::new(node_config, mode, &mut actions).map_err(|error| error.to_string())?;
+    let mut node = Node::new(node_config, mode, &mut actions).map_err(|error| error.to_string())?;
+    for app in charter_apps::all() {
+        node.register_app(app);
+    }
     let hard_state = loaded.hard_state;
     let mut core = CoreLoop {
         node,
