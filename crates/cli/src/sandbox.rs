@@ -239,7 +239,13 @@ async fn open_service(workspace: &Path, address: SocketAddr) -> Result<(), Strin
     }
     let mut actions = Vec::new();
     for index in 0..USERS {
-        actions.push(serde_json::json!({"name": "set_user", "args": {"cert": read(format!("user{index}_cert.pem"))?}}));
+        // The confidential-ledger app reads a user's role from `user_data.role` until an
+        // Administrator assigns one through `/app/users`: user0 administers, others contribute.
+        let role = if index == 0 { "Administrator" } else { "Contributor" };
+        actions.push(serde_json::json!({"name": "set_user", "args": {
+            "cert": read(format!("user{index}_cert.pem"))?,
+            "user_data": {"role": role},
+        }}));
     }
     actions.push(serde_json::json!({"name": "transition_service_to_open", "args": {}}));
     let proposal = serde_json::json!({ "actions": actions }).to_string();

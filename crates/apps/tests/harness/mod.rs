@@ -1,0 +1,330 @@
+//! A single node's core driven in memory, copied from `crates/core/tests/harness`: the harness
+//! plays the host (durability at once) and opens the service through real governance requests,
+//! adding user0 as an Administrator and user1 as a Contributor (`user_data.role`).
+#![allow(dead_code)]
+
+use charter_core::{
+    Action, HardStateRecord, Input, LogEntry, Method, Node, NodeConfig, Request, RequestId,
+    StartMode,
+};
+use charter_crypto::{
+    cose_sign1, Certificate, CertificateSpec, LedgerSecret, SigningKey, Validity,
+};
+use charter_ledger::TxId;
+
+const VALIDITY: Validity = Validity {
+    not_before_unix: 1_700_000_000,
+    days: 365,
+};
+
+pub struct Harness {
+    pub node: Node,
+    pub ledger: Vec<LogEntry>,
+    pub hard_state: HardStateRecord,
+    pub responses: Vec<(RequestId, charter_core::Response)>,
+    pub now_ms: u64,
+    pub next_id: u64,
+    pub user: Certificate,
+    pub user1: Certificate,
+    pub member: Certificate,
+    pub member_key: SigningKey,
+    pub service: Certificate,
+    pub config: NodeConfig,
+}
+
+pub fn cert(seed: u8, name: &str, ca: bool) -> (SigningKey, Certificate) {
+    let key = SigningKey::from_seed(&[seed; 32]).unwrap();
+    let spec = CertificateSpec {
+        common_name: name,
+        is_ca: ca,
+        subject_alt_names: &[],
+        validity: VALIDITY,
+    };
+    let cert = Certificate::self_signed(&key, &spec).unwrap();
+    (key, cert)
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        let (service_key, service) = cert(1, "service", true);
+        let node_key = SigningKey::from_seed(&[2; 32]).unwrap();
+        let spec = CertificateSpec {
+            common_name: "node",
+            is_ca: false,
+            subject_alt_names: &[],
+            validity: VALIDITY,
+        };
+        let node_cert =
+            Certificate::issue(&node_key.verifying_key(), &spec, &service_key, &service).unwrap();
+        let evidence = charter_attest::virtual_evidence(&"ab".repeat(32), &[7; 32]);
+        let config = NodeConfig::new(
+            node_key,
+            node_cert,
+            service.clone(),
+            LedgerSecret::from_bytes([3; 32]),
+            evidence,
+        );
+        let (_, user) = cert(4, "user0", false);
+        let (_, user1) = cert(6, "user1", false);
+        let (member_key, member) = cert(5, "member0", false);
+        let mut out = Vec::new();
+        let mode = StartMode::Genesis {
+            members: vec![member.clone()],
+        };
+        let mut node = Node::new(config.clone(), mode, &mut out).unwrap();
+        for app in charter_apps::all() {
+            node.register_app(app);
+        }
+        let mut harness = Harness {
+            node,
+            ledger: Vec::new(),
+            hard_state: HardStateRecord::default(),
+            responses: Vec::new(),
+            now_ms: 1,
+            next_id: 0,
+            user,
+            user1,
+            member,
+            member_key,
+            service,
+            config,
+        };
+        harness.host(out);
+        harness.tick(1);
+        harness.open_service();
+        harness
+    }
+
+    /// Sends a signed governance request as member0.
+    pub fn gov(
+        &mut self,
+        path: &str,
+        msg_type: &str,
+        proposal_id: Option<&str>,
+        payload: &[u8],
+    ) -> serde_json::Value {
+        let body = cose_sign1(
+            &self.member_key,
+            &self.member.fingerprint_hex(),
+            msg_type,
+            proposal_id,
+            1_800_000_000,
+            payload,
+        );
+        self.next_id += 1;
+        let id = RequestId(self.next_id);
+        let request = Request {
+            method: Method::Post,
+            path: path.to_owned(),
+            query: Vec::new(),
+            headers: vec![("content-type".to_owned(), "application/cose".to_owned())],
+            body,
+            caller_cert_der: None,
+        };
+        let mut out = Vec::new();
+        self.node
+            .step(Input::Client { id, request }, &mut out)
+            .unwrap();
+        self.host(out);
+        let index = self
+            .responses
+            .iter()
+            .position(|(rid, _)| *rid == id)
+            .unwrap();
+        let response = self.responses.remove(index).1;
+        assert_eq!(
+            response.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        serde_json::from_slice(&response.body).unwrap()
+    }
+
+    /// The member acknowledges, proposes adding user0 and opening the service, and votes.
+    pub fn open_service(&mut self) {
+        let member_id = self.member.fingerprint_hex();
+        let digest = self.gov(
+            &format!("/gov/members/state-digests/{member_id}:update"),
+            "state_digest",
+            None,
+            b"",
+        );
+        let ack = serde_json::json!({"stateDigest": digest["stateDigest"]}).to_string();
+        self.gov(
+            &format!("/gov/members/state-digests/{member_id}:ack"),
+            "ack",
+            None,
+            ack.as_bytes(),
+        );
+        let proposal = serde_json::json!({"actions": [
+            {"name": "set_user", "args": {"cert": self.user.to_pem(), "user_data": {"role": "Administrator"}}},
+            {"name": "set_user", "args": {"cert": self.user1.to_pem(), "user_data": {"role": "Contributor"}}},
+            {"name": "transition_service_to_open", "args": {}},
+        ]})
+        .to_string();
+        let created = self.gov(
+            "/gov/members/proposals:create",
+            "proposal",
+            None,
+            proposal.as_bytes(),
+        );
+        let id = created["proposalId"].as_str().unwrap().to_owned();
+        let ballot = serde_json::json!({"ballot": "export function vote(p, id) { return true; }"})
+            .to_string();
+        let voted = self.gov(
+            &format!("/gov/members/proposals/{id}/ballots/{member_id}:submit"),
+            "ballot",
+            Some(&id),
+            ballot.as_bytes(),
+        );
+        assert_eq!(voted["proposalState"], "Accepted", "{voted}");
+        self.tick(150);
+    }
+
+    /// Plays the host: applies actions, reports durability at once.
+    pub fn host(&mut self, mut actions: Vec<Action>) {
+        let mut reads: Vec<Vec<(u64, Option<Vec<u8>>)>> = Vec::new();
+        for _ in 0..100 {
+            let mut sync = None;
+            for action in actions.drain(..) {
+                match action {
+                    Action::Append { seqno, bytes } => {
+                        assert_eq!(seqno, self.ledger.len() as u64 + 1);
+                        let entry = charter_ledger::decode_entry(&bytes).unwrap();
+                        let data = if entry.kind == charter_ledger::EntryKind::Noop {
+                            Vec::new()
+                        } else {
+                            bytes.clone()
+                        };
+                        self.ledger.push(LogEntry {
+                            view: entry.tx_id.view,
+                            seqno,
+                            data,
+                        });
+                    }
+                    Action::Truncate { from_seqno } => {
+                        self.ledger.truncate(from_seqno as usize - 1)
+                    }
+                    Action::SaveHardState(state) => self.hard_state = state,
+                    Action::Sync { token } => sync = Some(token),
+                    Action::Respond { id, response } => self.responses.push((id, response)),
+                    Action::CloseChunk { .. } => {}
+                    Action::ReadEntries {
+                        from_seqno,
+                        to_seqno,
+                    } => {
+                        let entries = (from_seqno..=to_seqno)
+                            .map(|seqno| {
+                                let entry = self.ledger.get(seqno as usize - 1);
+                                let bytes = entry.map(|entry| {
+                                    if entry.data.is_empty() {
+                                        charter_ledger::encode_noop(TxId::new(entry.view, seqno))
+                                    } else {
+                                        entry.data.clone()
+                                    }
+                                });
+                                (seqno, bytes)
+                            })
+                            .collect();
+                        reads.push(entries);
+                    }
+                }
+            }
+            for entries in reads.drain(..) {
+                self.node
+                    .step(Input::EntriesRead { entries }, &mut actions)
+                    .unwrap();
+            }
+            match sync {
+                Some(token) => self
+                    .node
+                    .step(Input::Durable { token }, &mut actions)
+                    .unwrap(),
+                None if actions.is_empty() => return,
+                None => {}
+            }
+        }
+        panic!("host loop did not settle");
+    }
+
+    pub fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: &[u8],
+        caller: Option<&Certificate>,
+    ) -> charter_core::Response {
+        self.next_id += 1;
+        let id = RequestId(self.next_id);
+        let request = Request {
+            method,
+            path: path.to_owned(),
+            query: query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            headers: Vec::new(),
+            body: body.to_vec(),
+            caller_cert_der: caller.map(|cert| cert.der().to_vec()),
+        };
+        let mut out = Vec::new();
+        self.node
+            .step(Input::Client { id, request }, &mut out)
+            .unwrap();
+        self.host(out);
+        let index = self
+            .responses
+            .iter()
+            .position(|(rid, _)| *rid == id)
+            .unwrap();
+        self.responses.remove(index).1
+    }
+
+    pub fn tick(&mut self, ms: u64) {
+        self.now_ms += ms;
+        let mut out = Vec::new();
+        self.node
+            .step(
+                Input::Tick {
+                    now_ms: self.now_ms,
+                    unix_time_s: 1_800_000_000,
+                },
+                &mut out,
+            )
+            .unwrap();
+        self.host(out);
+    }
+
+    pub fn put(&mut self, key: &str, value: &[u8]) -> TxId {
+        let user = self.user.clone();
+        let response = self.request(
+            Method::Put,
+            &format!("/app/kv/{key}"),
+            &[],
+            value,
+            Some(&user),
+        );
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        json["transaction_id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub fn status(&mut self, tx_id: TxId) -> String {
+        let response = self.request(
+            Method::Get,
+            "/node/tx",
+            &[("transaction_id", &tx_id.to_string())],
+            b"",
+            None,
+        );
+        let json: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        json["status"].as_str().unwrap().to_owned()
+    }
+}
