@@ -4,4 +4,5 @@ pub mod client;
 pub mod files;
 pub mod http;
 pub mod node;
+pub mod peers;
 pub mod tls;
