@@ -131,3 +131,104 @@ def sandbox(tmp_path_factory):
     finally:
         _stop(proc)
         log.close()
+
+
+def combined_pem(workspace: Path, user: str) -> Path:
+    """`<user>_cert.pem` and `<user>_privk.pem` concatenated, the single PEM file the
+    azure-confidentialledger SDK's ConfidentialLedgerCertificateCredential takes."""
+    path = workspace / f"{user}_combined.pem"
+    if not path.exists():
+        cert = (workspace / f"{user}_cert.pem").read_text()
+        key = (workspace / f"{user}_privk.pem").read_text()
+        path.write_text(cert.rstrip("\n") + "\n" + key)
+    return path
+
+
+@pytest.fixture(scope="session")
+def user0_pem(sandbox) -> Path:
+    return combined_pem(sandbox.workspace, "user0")
+
+
+class OwnSandbox:
+    """A sandbox of its own, for tests that stop and restart it (the shared `sandbox`
+    fixture lives for the whole session). Restarting keeps the workspace, so the node
+    recovers from its ledger files."""
+
+    def __init__(self, binary: Path, workspace: Path):
+        self.binary = binary
+        self.workspace = workspace
+        self.port = _free_port()
+        self.proc = None
+        self.info = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def service_cert(self) -> Path:
+        return self.workspace / "service_cert.pem"
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.starts += 1
+        log_path = self.workspace.parent / f"{self.workspace.name}.{self.starts}.log"
+        log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                str(self.binary),
+                "sandbox",
+                "--workspace",
+                str(self.workspace),
+                "--port",
+                str(self.port),
+                "--signature-interval-ms",
+                "50",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        ready = self.workspace / "sandbox.json"
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if ready.exists():
+                try:
+                    self.info = json.loads(ready.read_text())
+                    return
+                except json.JSONDecodeError:
+                    pass  # still being written
+            time.sleep(0.1)
+        exit_code = self.proc.poll()
+        self.stop()
+        pytest.fail(
+            f"own sandbox not ready within {STARTUP_TIMEOUT_S}s (exit code {exit_code}); "
+            f"log:\n{log_path.read_text(errors='replace')}"
+        )
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def own_sandbox(tmp_path_factory):
+    binary = Path(os.environ.get("CHARTER_BIN", DEFAULT_BIN))
+    if not binary.exists():
+        pytest.fail(f"charter binary not found at {binary}; run `cargo build -p charter-cli` or set CHARTER_BIN")
+    own = OwnSandbox(binary, tmp_path_factory.mktemp("own_sandbox"))
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
