@@ -37,6 +37,9 @@ pub const DEFAULT_COLLECTION_ID: &str = "subledger:0";
 pub const LIST_PAGE_ENTRIES_MAX: usize = 100;
 /// Collections one page of `GET /collections` holds.
 pub const COLLECTIONS_PAGE_MAX: usize = 1_000;
+/// Uncommitted transactions past which writes answer 503 and a retry hint (the core's kv app
+/// uses the same bound).
+pub const UNCOMMITTED_ENTRIES_MAX: u64 = 200_000;
 /// Nodes `GET /enclaveQuotes` reports at most.
 pub const NODES_MAX: usize = 1_000;
 /// Members `GET /governance/members` reports at most.
@@ -47,8 +50,8 @@ pub const MEMBERS_MAX: usize = 1_000;
 pub const ENTRIES_MAP: &str = "charter.app.confidential_ledger.entries";
 /// Private: `collection ID \0 seqno (20 decimal digits)` → view (decimal), one per entry.
 pub const INDEX_MAP: &str = "charter.app.confidential_ledger.index";
-/// Private: [`CLAIMS_SECRET_KEY`] → 32 random bytes, from which each entry's claims secret is
-/// derived.
+/// Private: [`CLAIMS_SECRET_KEY`] → the 32-byte claims secret from which each entry's claim key
+/// is derived (see `next_entry_key`).
 pub const SECRETS_MAP: &str = "charter.app.confidential_ledger.secrets";
 /// Key of the claims secret in [`SECRETS_MAP`].
 pub const CLAIMS_SECRET_KEY: &[u8] = b"claims";
@@ -349,17 +352,52 @@ fn index_prefix(collection: &str) -> Vec<u8> {
     key
 }
 
-/// The claims secret, created (from the operating system's randomness, on the primary only) by
-/// the first entry ever written. It is in a private map, so only the ledger secret's holders read
-/// it, and followers get it from the write set rather than by running this code.
-fn claims_secret(tx: &mut Tx) -> Vec<u8> {
-    if let Some(secret) = tx.get(SECRETS_MAP, CLAIMS_SECRET_KEY) {
-        return secret;
+/// The key of the `LedgerEntryV1` claim of the entry `tx_id` writes, and the step of the claims
+/// secret that produces it. The core draws no randomness (DESIGN.md §2), so the secret is a
+/// ratchet kept in a private map: each entry's key is an HMAC of its TxID under the current
+/// secret, and the secret then absorbs the entry (its contents are private), so the secret grows
+/// unpredictable to outsiders as entries are written. Followers take it from the write set.
+fn next_entry_key(tx: &mut Tx, tx_id: TxId, collection: &str, contents: &str) -> Digest {
+    let secret = match tx.get(SECRETS_MAP, CLAIMS_SECRET_KEY) {
+        Some(secret) => secret,
+        None => sha256(b"charter.confidential_ledger.claims_secret.v1").to_vec(),
+    };
+    let entry_key = hmac_sha256(&secret, format!("entry:{tx_id}").as_bytes());
+    let absorbed = hmac_sha256(
+        &secret,
+        &[
+            format!("absorb:{tx_id}:").as_bytes(),
+            collection.as_bytes(),
+            b"\0",
+            contents.as_bytes(),
+        ]
+        .concat(),
+    );
+    tx.put(SECRETS_MAP, CLAIMS_SECRET_KEY, &absorbed);
+    entry_key
+}
+
+/// Why this node cannot write now, if it cannot.
+fn refuse_write(ctx: &AppContext<'_>) -> Option<Response> {
+    if !ctx.is_primary() {
+        return Some(Response::error(
+            503,
+            "NotPrimary",
+            "this node is not the primary",
+        ));
     }
-    let mut secret = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
-    tx.put(SECRETS_MAP, CLAIMS_SECRET_KEY, &secret);
-    secret.to_vec()
+    let uncommitted = ctx.last_tx_id().seqno - ctx.commit_tx_id().seqno;
+    if uncommitted >= UNCOMMITTED_ENTRIES_MAX {
+        return Some(
+            Response::error(
+                503,
+                "Backpressure",
+                "too many uncommitted transactions; retry later",
+            )
+            .with_header("retry-after", "1"),
+        );
+    }
+    None
 }
 
 fn create_entry(ctx: &mut AppContext<'_>, request: &Request) -> Result<Response, CoreError> {
@@ -384,20 +422,15 @@ fn create_entry(ctx: &mut AppContext<'_>, request: &Request) -> Result<Response,
             format!("entry contents have at most {CONTENTS_BYTES_MAX} bytes"),
         ));
     }
-    if !ctx.is_primary() {
-        return Ok(Response::error(
-            503,
-            "NotPrimary",
-            "this node is not the primary",
-        ));
+    if let Some(busy) = refuse_write(ctx) {
+        return Ok(busy);
     }
     // The primary's last entry is in the current view (Raft's leader appends one on election),
     // and the next entry follows it: this is the TxID `commit` assigns.
     let last = ctx.last_tx_id();
     let tx_id = TxId::new(last.view, last.seqno + 1);
     let mut tx = ctx.begin();
-    let secret = claims_secret(&mut tx);
-    let entry_key = hmac_sha256(&secret, format!("ledger-entry:{tx_id}").as_bytes());
+    let entry_key = next_entry_key(&mut tx, tx_id, &collection, contents);
     let record = EntryRecord {
         collection_id: collection.clone(),
         contents: contents.to_owned(),
@@ -751,12 +784,8 @@ fn user(ctx: &mut AppContext<'_>, user_id: &str, request: &Request) -> Result<Re
             } else {
                 None
             };
-            if !ctx.is_primary() {
-                return Ok(Response::error(
-                    503,
-                    "NotPrimary",
-                    "this node is not the primary",
-                ));
+            if let Some(busy) = refuse_write(ctx) {
+                return Ok(busy);
             }
             tx.put(
                 ROLES_MAP,
