@@ -72,6 +72,8 @@ const WRITE_TIMEOUT_MS: u64 = 10_000;
 /// First and largest delay between attempts to reach a peer.
 const RECONNECT_DELAY_MS_MIN: u64 = 50;
 const RECONNECT_DELAY_MS_MAX: u64 = 2_000;
+/// A connection that lasted this long resets the reconnection delay when it breaks.
+const CONNECTION_STABLE_MS: u64 = 1_000;
 /// Messages written before one flush.
 const WRITE_BATCH_MESSAGES_MAX: usize = 256;
 /// Buffer sizes for the framed reader and writer.
@@ -722,11 +724,18 @@ async fn read_frames<R: AsyncRead + Unpin>(
 enum LinkEnd {
     /// The peer was removed or the node shut down: stop.
     Stop,
-    /// The connection broke or the address changed: connect again.
-    Reconnect,
+    /// The connection broke: connect again after the backoff delay.
+    Broken,
+    /// The peer's address changed: connect to the new one at once.
+    AddressChanged,
 }
 
 /// Keeps a connection to one peer and writes its queued messages, reconnecting with backoff.
+///
+/// The delay doubles after every failed attempt and after every connection that broke within
+/// [`CONNECTION_STABLE_MS`] (a listener that completes the handshake, then refuses our
+/// certificate, must not be redialed in a tight loop); it returns to the minimum after a
+/// connection that lasted, or when the address changes.
 async fn dial_loop(
     peer_id: String,
     connector: tokio_rustls::TlsConnector,
@@ -739,10 +748,18 @@ async fn dial_loop(
         match connect(&connector, target).await {
             Ok(stream) => {
                 tracing::debug!(peer = %peer_id, %target, "connected to peer");
-                delay_ms = RECONNECT_DELAY_MS_MIN;
+                let connected_at = tokio::time::Instant::now();
                 match write_messages(stream, &peer_id, &mut address, &mut queue).await {
                     LinkEnd::Stop => return,
-                    LinkEnd::Reconnect => continue,
+                    LinkEnd::AddressChanged => {
+                        delay_ms = RECONNECT_DELAY_MS_MIN;
+                        continue;
+                    }
+                    LinkEnd::Broken => {
+                        if connected_at.elapsed() >= Duration::from_millis(CONNECTION_STABLE_MS) {
+                            delay_ms = RECONNECT_DELAY_MS_MIN;
+                        }
+                    }
                 }
             }
             Err(error) => {
@@ -750,14 +767,16 @@ async fn dial_loop(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+            () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {
+                delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
+            }
             changed = address.changed() => {
                 if changed.is_err() {
                     return;
                 }
+                delay_ms = RECONNECT_DELAY_MS_MIN;
             }
         }
-        delay_ms = (delay_ms * 2).min(RECONNECT_DELAY_MS_MAX);
         assert!((RECONNECT_DELAY_MS_MIN..=RECONNECT_DELAY_MS_MAX).contains(&delay_ms));
     }
 }
@@ -804,11 +823,11 @@ async fn write_messages(
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => {
                         tracing::info!(peer = %peer_id, %error, "writing to peer failed");
-                        return LinkEnd::Reconnect;
+                        return LinkEnd::Broken;
                     }
                     Err(_) => {
                         tracing::info!(peer = %peer_id, "peer stopped reading; reconnecting");
-                        return LinkEnd::Reconnect;
+                        return LinkEnd::Broken;
                     }
                 }
             }
@@ -819,11 +838,11 @@ async fn write_messages(
                     Ok(_) => tracing::warn!(peer = %peer_id, "peer sent data on a send-only link"),
                     Err(error) => tracing::info!(peer = %peer_id, %error, "peer connection failed"),
                 }
-                return LinkEnd::Reconnect;
+                return LinkEnd::Broken;
             }
             changed = address.changed() => {
                 return match changed {
-                    Ok(()) => LinkEnd::Reconnect,
+                    Ok(()) => LinkEnd::AddressChanged,
                     Err(_) => LinkEnd::Stop,
                 };
             }

@@ -1,7 +1,7 @@
 //! Node-to-node links over loopback with real TLS 1.3 and certificates from charter-crypto.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -254,13 +254,20 @@ async fn untrusted_node_is_refused_and_revoked_trust_closes_connections() {
     let a = node_identity(&service, 10);
     let b = node_identity(&service, 11);
     let a_trusted = Arc::new(AtomicBool::new(false));
+    let a_id = node_id_of(&a);
+    let a_checks = Arc::new(AtomicUsize::new(0));
+    let b_trust: TrustFn = {
+        let (a_trusted, a_checks) = (a_trusted.clone(), a_checks.clone());
+        Arc::new(move |id: &str| {
+            if id != a_id {
+                return true;
+            }
+            a_checks.fetch_add(1, Ordering::SeqCst);
+            a_trusted.load(Ordering::SeqCst)
+        })
+    };
     let (a_peers, _a_inbox) = start(&a, loopback(), trust_all()).await;
-    let (b_peers, mut b_inbox) = start(
-        &b,
-        loopback(),
-        trust_unless(node_id_of(&a), a_trusted.clone()),
-    )
-    .await;
+    let (b_peers, mut b_inbox) = start(&b, loopback(), b_trust).await;
     a_peers.set_peer(b_peers.node_id(), b_peers.local_addr());
 
     for index in 0..20u8 {
@@ -268,6 +275,12 @@ async fn untrusted_node_is_refused_and_revoked_trust_closes_connections() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_silent(&mut b_inbox).await;
+    // A refused dialer backs off (50, 100, 200, ... ms) instead of redialing at once.
+    let attempts = a_checks.load(Ordering::SeqCst);
+    assert!(
+        (1..=12).contains(&attempts),
+        "{attempts} connection attempts in 2.5 s"
+    );
 
     // Trusted now: the dialer's next connection is accepted.
     a_trusted.store(true, Ordering::SeqCst);
