@@ -50,11 +50,8 @@ pub const MEMBERS_MAX: usize = 1_000;
 pub const ENTRIES_MAP: &str = "charter.app.confidential_ledger.entries";
 /// Private: `collection ID \0 seqno (20 decimal digits)` → view (decimal), one per entry.
 pub const INDEX_MAP: &str = "charter.app.confidential_ledger.index";
-/// Private: [`CLAIMS_SECRET_KEY`] → the 32-byte claims secret from which each entry's claim key
-/// is derived (see `next_entry_key`).
-pub const SECRETS_MAP: &str = "charter.app.confidential_ledger.secrets";
-/// Key of the claims secret in [`SECRETS_MAP`].
-pub const CLAIMS_SECRET_KEY: &[u8] = b"claims";
+/// Label of the application secret from which entries' claim keys are derived.
+pub const CLAIMS_SECRET_LABEL: &str = "confidential_ledger.claims";
 /// Public: user ID → assigned role name; an empty value records a deleted user.
 pub const ROLES_MAP: &str = "public:charter.app.acl.roles";
 
@@ -352,29 +349,15 @@ fn index_prefix(collection: &str) -> Vec<u8> {
     key
 }
 
-/// The key of the `LedgerEntryV1` claim of the entry `tx_id` writes, and the step of the claims
-/// secret that produces it. The core draws no randomness (DESIGN.md §2), so the secret is a
-/// ratchet kept in a private map: each entry's key is an HMAC of its TxID under the current
-/// secret, and the secret then absorbs the entry (its contents are private), so the secret grows
-/// unpredictable to outsiders as entries are written. Followers take it from the write set.
-fn next_entry_key(tx: &mut Tx, tx_id: TxId, collection: &str, contents: &str) -> Digest {
-    let secret = match tx.get(SECRETS_MAP, CLAIMS_SECRET_KEY) {
-        Some(secret) => secret,
-        None => sha256(b"charter.confidential_ledger.claims_secret.v1").to_vec(),
-    };
-    let entry_key = hmac_sha256(&secret, format!("entry:{tx_id}").as_bytes());
-    let absorbed = hmac_sha256(
-        &secret,
-        &[
-            format!("absorb:{tx_id}:").as_bytes(),
-            collection.as_bytes(),
-            b"\0",
-            contents.as_bytes(),
-        ]
-        .concat(),
-    );
-    tx.put(SECRETS_MAP, CLAIMS_SECRET_KEY, &absorbed);
-    entry_key
+/// The key of the `LedgerEntryV1` claim of the entry `tx_id` writes: an HMAC of the TxID
+/// under the application's secret, which the core derives from the ledger secret. Outsiders
+/// cannot predict it, so a receipt's claims digest reveals nothing about the contents; the key
+/// is stored with the entry (privately) so receipts can disclose it with the claims.
+fn entry_claim_key(ctx: &AppContext<'_>, tx_id: TxId) -> Digest {
+    hmac_sha256(
+        &ctx.app_secret(CLAIMS_SECRET_LABEL),
+        format!("entry:{tx_id}").as_bytes(),
+    )
 }
 
 /// Why this node cannot write now, if it cannot.
@@ -425,12 +408,10 @@ fn create_entry(ctx: &mut AppContext<'_>, request: &Request) -> Result<Response,
     if let Some(busy) = refuse_write(ctx) {
         return Ok(busy);
     }
-    // The primary's last entry is in the current view (Raft's leader appends one on election),
-    // and the next entry follows it: this is the TxID `commit` assigns.
-    let last = ctx.last_tx_id();
-    let tx_id = TxId::new(last.view, last.seqno + 1);
+    // The TxID `commit` will assign, named in the entry's claims.
+    let tx_id = ctx.next_tx_id();
     let mut tx = ctx.begin();
-    let entry_key = next_entry_key(&mut tx, tx_id, &collection, contents);
+    let entry_key = entry_claim_key(ctx, tx_id);
     let record = EntryRecord {
         collection_id: collection.clone(),
         contents: contents.to_owned(),

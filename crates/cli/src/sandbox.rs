@@ -241,7 +241,11 @@ async fn open_service(workspace: &Path, address: SocketAddr) -> Result<(), Strin
     for index in 0..USERS {
         // The confidential-ledger app reads a user's role from `user_data.role` until an
         // Administrator assigns one through `/app/users`: user0 administers, others contribute.
-        let role = if index == 0 { "Administrator" } else { "Contributor" };
+        let role = if index == 0 {
+            "Administrator"
+        } else {
+            "Contributor"
+        };
         actions.push(serde_json::json!({"name": "set_user", "args": {
             "cert": read(format!("user{index}_cert.pem"))?,
             "user_data": {"role": role},

@@ -88,6 +88,17 @@ impl AppContext<'_> {
         )
     }
 
+    /// The TxID the next [`AppContext::commit`] on this node will get (for claims that name it).
+    pub fn next_tx_id(&self) -> TxId {
+        self.node.next_tx_id()
+    }
+
+    /// A 32-byte secret for this application, derived from the ledger secret and `label`:
+    /// unknown outside the service, the same on every node holding the ledger secret.
+    pub fn app_secret(&self, label: &str) -> Digest {
+        self.node.app_secret(label)
+    }
+
     /// Status of a transaction.
     pub fn tx_status(&self, tx_id: TxId) -> TxStatus {
         self.node.tx_status(tx_id)

@@ -356,6 +356,21 @@ impl Node {
         TxId::new(self.consensus.term_at(last).unwrap_or(0), last)
     }
 
+    /// The TxID the next transaction written on this node will get.
+    pub fn next_tx_id(&self) -> TxId {
+        let (view, seqno) = self.consensus.next_tx();
+        TxId::new(view, seqno)
+    }
+
+    /// A secret derived from the ledger secret for `label` (applications' keys).
+    pub(crate) fn app_secret(&self, label: &str) -> Digest {
+        let key = charter_crypto::hmac_sha256(
+            self.config.ledger_secret.as_bytes(),
+            b"charter application secret",
+        );
+        charter_crypto::hmac_sha256(&key, label.as_bytes())
+    }
+
     /// Current view (Raft term).
     pub fn view(&self) -> u64 {
         self.consensus.term()
