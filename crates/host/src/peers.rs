@@ -30,6 +30,55 @@
 //! [`PEER_QUEUE_MESSAGES_MAX`]) and written in order on one connection; when the queue is full,
 //! or the connection breaks with a message in flight, messages are lost. Raft tolerates loss,
 //! so nothing here retransmits.
+//!
+//! # Example
+//!
+//! Two nodes of one service; `a` dials `b` and sends it a message.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::{SystemTime, UNIX_EPOCH};
+//!
+//! use charter_crypto::{Certificate, CertificateSpec, SigningKey, Validity};
+//! use charter_host::peers::{PeerIdentity, Peers, TrustFn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+//! let validity = Validity { not_before_unix: i64::try_from(now).unwrap() - 60, days: 1 };
+//! let service_key = SigningKey::from_seed(&[1; 32]).unwrap();
+//! let service_spec =
+//!     CertificateSpec { common_name: "service", is_ca: true, subject_alt_names: &[], validity };
+//! let service_cert = Certificate::self_signed(&service_key, &service_spec).unwrap();
+//! let identity = |seed: u8| {
+//!     let key = SigningKey::from_seed(&[seed; 32]).unwrap();
+//!     let spec =
+//!         CertificateSpec { common_name: "node", is_ca: false, subject_alt_names: &[], validity };
+//!     let cert =
+//!         Certificate::issue(&key.verifying_key(), &spec, &service_key, &service_cert).unwrap();
+//!     PeerIdentity {
+//!         node_cert_pem: cert.to_pem(),
+//!         node_key_pem: key.to_pem(),
+//!         service_cert_pem: service_cert.to_pem(),
+//!     }
+//! };
+//! // A real node asks the core's nodes table.
+//! let trust: TrustFn = Arc::new(|_node_id: &str| true);
+//! let loopback = "127.0.0.1:0".parse().unwrap();
+//! let (inbox_a, _received_a) = tokio::sync::mpsc::channel(64);
+//! let (inbox_b, mut received_b) = tokio::sync::mpsc::channel(64);
+//! let a = Peers::start(identity(2), loopback, trust.clone(), inbox_a).await.unwrap();
+//! let b = Peers::start(identity(3), loopback, trust, inbox_b).await.unwrap();
+//!
+//! a.set_peer(b.node_id(), b.local_addr());
+//! a.send(b.node_id(), b"hello".to_vec());
+//! let (sender, bytes) = received_b.recv().await.unwrap();
+//! assert_eq!(sender, a.node_id());
+//! assert_eq!(bytes, b"hello");
+//! a.shutdown();
+//! b.shutdown();
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::future::poll_fn;
@@ -709,9 +758,13 @@ async fn read_frames<R: AsyncRead + Unpin>(
             tracing::warn!(peer = %node_id, length, "peer frame above the size limit");
             return "frame too large";
         }
-        let mut bytes = vec![0u8; length];
-        if reader.read_exact(&mut bytes).await.is_err() {
-            return "truncated frame";
+        // Grow the buffer as bytes arrive rather than trusting the header with a 16 MiB
+        // allocation per connection up front.
+        let mut bytes = Vec::with_capacity(length.min(BUFFER_BYTES));
+        let limit = u64::from(u32::from_le_bytes(header));
+        match (&mut reader).take(limit).read_to_end(&mut bytes).await {
+            Ok(count) if count == length => {}
+            _ => return "truncated frame",
         }
         assert_eq!(bytes.len(), length);
         if inbox.send((node_id.to_owned(), bytes)).await.is_err() {
