@@ -185,6 +185,9 @@ class OwnSandbox:
                 str(self.port),
                 "--signature-interval-ms",
                 "50",
+                # Small chunks, so that entries read back after a restart span several files.
+                "--chunk-bytes-max",
+                "4096",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

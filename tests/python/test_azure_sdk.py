@@ -239,6 +239,8 @@ def test_entries_come_back_from_ledger_files_after_restart(own_sandbox):
     client.begin_wait_for_commit(txids[-1], polling_interval=POLL_S).result()
 
     own_sandbox.restart()
+    chunks = list((own_sandbox.workspace / "node0" / "ledger").glob("ledger_*.committed"))
+    assert len(chunks) > 1, chunks
     client = make_client(own_sandbox.url, pem, own_sandbox.service_cert)
     listed = list(
         client.list_ledger_entries(

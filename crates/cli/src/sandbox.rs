@@ -23,6 +23,9 @@ pub struct SandboxArgs {
     /// Signature every T milliseconds.
     #[arg(long, default_value_t = 100)]
     pub signature_interval_ms: u64,
+    /// Complete a ledger chunk at the first signature after it reaches this many bytes.
+    #[arg(long, default_value_t = 5_000_000)]
+    pub chunk_bytes_max: u64,
     /// Seconds to wait for the network to answer.
     #[arg(long, default_value_t = 60)]
     pub startup_timeout_s: u64,
@@ -126,7 +129,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             .collect(),
         signature_interval_txs: args.signature_interval_txs,
         signature_interval_ms: args.signature_interval_ms,
-        chunk_bytes_max: 5_000_000,
+        chunk_bytes_max: args.chunk_bytes_max,
         body_bytes_max: 1 << 20,
     };
     let config_path = node_dir.join("config.json");
