@@ -131,6 +131,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
         signature_interval_ms: args.signature_interval_ms,
         chunk_bytes_max: args.chunk_bytes_max,
         body_bytes_max: 1 << 20,
+        gov_request_window_s: 300,
     };
     let config_path = node_dir.join("config.json");
     let text = serde_json::to_string_pretty(&config).map_err(|error| error.to_string())?;

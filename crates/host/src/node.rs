@@ -45,6 +45,14 @@ pub struct NodeFileConfig {
     /// Largest request body (default 1 MiB).
     #[serde(default = "default_body_bytes")]
     pub body_bytes_max: usize,
+    /// Signed governance requests must be created within this many seconds of the node's
+    /// clock (default 300).
+    #[serde(default = "default_gov_window")]
+    pub gov_request_window_s: u64,
+}
+
+fn default_gov_window() -> u64 {
+    300
 }
 
 fn default_signature_txs() -> u64 {
@@ -401,6 +409,7 @@ pub fn run_node(
     node_config.signature_interval_ms = config.signature_interval_ms.max(1);
     node_config.chunk_bytes_max = config.chunk_bytes_max;
     node_config.rpc_address = config.rpc_address.to_string();
+    node_config.gov_request_window_s = config.gov_request_window_s;
     let mode = if genesis {
         let load = |paths: &[PathBuf]| -> Result<Vec<Certificate>, NodeError> {
             paths
