@@ -2,6 +2,7 @@
 //! it: requests in, responses and ledger writes out, historical entries read back from the
 //! in-memory ledger.
 
+#[path = "../../core/tests/harness/mod.rs"]
 mod harness;
 
 use base64::Engine;
@@ -93,7 +94,7 @@ fn get_ready(harness: &mut Harness, path: &str, query: &[(&str, &str)]) -> Value
 
 #[test]
 fn entries_are_written_read_back_and_listed() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_apps(charter_apps::all());
     let first = create(&mut harness, None, "hello");
     let second = create(&mut harness, Some("other"), "in other");
     let third = create(&mut harness, None, "again");
@@ -200,7 +201,7 @@ fn entries_are_written_read_back_and_listed() {
 
 #[test]
 fn listing_pages_follow_next_link() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_apps(charter_apps::all());
     let total = LIST_PAGE_ENTRIES_MAX + 5;
     for index in 0..total {
         create(&mut harness, Some("paged"), &format!("entry {index}"));
@@ -238,7 +239,7 @@ fn listing_pages_follow_next_link() {
 
 #[test]
 fn receipts_carry_the_entry_claims() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_apps(charter_apps::all());
     let tx_id = create(&mut harness, Some("claims"), "proven");
     let user = admin(&harness);
     let early = call(
@@ -287,7 +288,7 @@ fn receipts_carry_the_entry_claims() {
 
 #[test]
 fn limits_are_enforced_and_nothing_is_written() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_apps(charter_apps::all());
     let user = admin(&harness);
     let before = harness.node.last_tx_id();
     let big = json!({ "contents": "x".repeat(CONTENTS_BYTES_MAX + 1) }).to_string();
@@ -346,7 +347,7 @@ fn limits_are_enforced_and_nothing_is_written() {
 
 #[test]
 fn roles_are_enforced() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_apps(charter_apps::all());
     let admin_cert = admin(&harness);
     let contributor = harness.user1.clone();
     let contributor_id = contributor.fingerprint_hex();
@@ -484,7 +485,7 @@ fn roles_are_enforced() {
 
 #[test]
 fn service_views() {
-    let mut harness = Harness::new();
+    let mut harness = Harness::with_apps(charter_apps::all());
     let user = admin(&harness);
     let quotes = call(
         &mut harness,

@@ -14,7 +14,10 @@
 //! assert!(consensus.is_leader());
 //! ```
 
-use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Message};
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, HardState, Message,
+};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -35,6 +38,16 @@ pub enum ConsensusError {
     Raft(#[from] raft::Error),
 }
 
+/// What a log entry carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogKind {
+    /// A ledger entry (or, with empty data, raft's own leader no-op entry).
+    #[default]
+    Normal,
+    /// A configuration change: `data` is a protobuf `ConfChangeV2`.
+    ConfChange,
+}
+
 /// One log entry as the ledger stores it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
@@ -42,8 +55,11 @@ pub struct LogEntry {
     pub view: u64,
     /// Raft index.
     pub seqno: u64,
-    /// Ledger entry bytes; empty for raft's own leader no-op entries.
+    /// Ledger entry bytes; empty for raft's own leader no-op entries; protobuf for
+    /// configuration changes.
     pub data: Vec<u8>,
+    /// What the entry carries.
+    pub kind: LogKind,
 }
 
 /// Durable Raft state besides the log.
@@ -113,6 +129,11 @@ pub enum Output {
     },
     /// Entries up to this index are committed by Raft.
     Committed(u64),
+    /// A committed configuration change took effect: these are now the voters.
+    ConfChanged {
+        /// Voting members' Raft IDs.
+        voters: Vec<u64>,
+    },
     /// Leadership or term changed.
     Role {
         /// Whether this node now leads.
@@ -134,7 +155,10 @@ pub struct Consensus {
 
 fn to_raft_entry(entry: &LogEntry) -> Entry {
     let mut raft_entry = Entry::default();
-    raft_entry.set_entry_type(EntryType::EntryNormal);
+    raft_entry.set_entry_type(match entry.kind {
+        LogKind::Normal => EntryType::EntryNormal,
+        LogKind::ConfChange => EntryType::EntryConfChangeV2,
+    });
     raft_entry.term = entry.view;
     raft_entry.index = entry.seqno;
     raft_entry.data = entry.data.clone().into();
@@ -146,6 +170,24 @@ fn from_raft_entry(entry: &Entry) -> LogEntry {
         view: entry.term,
         seqno: entry.index,
         data: entry.data.to_vec(),
+        kind: match entry.get_entry_type() {
+            EntryType::EntryNormal => LogKind::Normal,
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => LogKind::ConfChange,
+        },
+    }
+}
+
+fn decode_conf_change(entry: &Entry) -> Result<ConfChangeV2, ConsensusError> {
+    match entry.get_entry_type() {
+        EntryType::EntryConfChangeV2 => protobuf::Message::parse_from_bytes(&entry.data)
+            .map_err(|error| ConsensusError::MalformedMessage(error.to_string())),
+        // Charter proposes only V2 changes; a V1 change in a log is not Charter's.
+        EntryType::EntryConfChange => Err(ConsensusError::MalformedMessage(
+            "version 1 configuration changes are not supported".to_owned(),
+        )),
+        EntryType::EntryNormal => Err(ConsensusError::MalformedMessage(
+            "not a configuration change".to_owned(),
+        )),
     }
 }
 
@@ -186,7 +228,17 @@ impl Consensus {
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let node = RawNode::new(&raft_config, storage, &logger)?;
+        let mut node = RawNode::new(&raft_config, storage, &logger)?;
+        // Membership is the initial voters changed by every committed configuration change.
+        for entry in restored
+            .entries
+            .iter()
+            .filter(|entry| entry.seqno <= commit && entry.kind == LogKind::ConfChange)
+        {
+            let change = decode_conf_change(&to_raft_entry(entry))?;
+            let conf_state = node.apply_conf_change(&change)?;
+            node.mut_store().wl().set_conf_state(conf_state);
+        }
         let mut consensus = Consensus {
             node,
             rng: ChaCha20Rng::seed_from_u64(config.seed),
@@ -260,6 +312,47 @@ impl Consensus {
         self.node.propose(Vec::new(), data)?;
         assert_eq!(self.node.raft.raft_log.last_index(), expected);
         Ok(())
+    }
+
+    /// Proposes adding (`add == true`) or removing a voter; raft-rs enters and leaves joint
+    /// consensus as needed.
+    ///
+    /// # Errors
+    /// [`ConsensusError::NotLeader`], or raft's refusal (e.g. a change already pending).
+    pub fn propose_voter_change(&mut self, raft_id: u64, add: bool) -> Result<(), ConsensusError> {
+        if !self.is_leader() {
+            return Err(ConsensusError::NotLeader);
+        }
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(if add {
+            ConfChangeType::AddNode
+        } else {
+            ConfChangeType::RemoveNode
+        });
+        single.node_id = raft_id;
+        let mut change = ConfChangeV2::default();
+        change.set_transition(ConfChangeTransition::Auto);
+        change.set_changes(vec![single].into());
+        self.node.propose_conf_change(Vec::new(), change)?;
+        Ok(())
+    }
+
+    /// Whether a configuration change is proposed but not yet applied.
+    pub fn conf_change_pending(&self) -> bool {
+        self.node.raft.has_pending_conf()
+    }
+
+    /// Current voters (both halves of a joint configuration).
+    pub fn voters(&self) -> Vec<u64> {
+        let mut voters: Vec<u64> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        voters.sort_unstable();
+        voters
+    }
+
+    /// Hands leadership to `raft_id` (before this node leaves the configuration).
+    pub fn transfer_leader(&mut self, raft_id: u64) {
+        self.node.transfer_leader(raft_id);
+        self.after_raft_call();
     }
 
     /// Whether this node is the leader.
@@ -354,6 +447,19 @@ impl Consensus {
             let persisted_messages = ready.take_persisted_messages();
             let number = ready.number();
             let must_sync = ready.must_sync();
+            for entry in &committed {
+                if entry.get_entry_type() != EntryType::EntryNormal {
+                    // Committed entries come from our own log, so they decode.
+                    if let Ok(change) = decode_conf_change(entry) {
+                        if let Ok(conf_state) = self.node.apply_conf_change(&change) {
+                            self.node.mut_store().wl().set_conf_state(conf_state);
+                            out.push(Output::ConfChanged {
+                                voters: self.voters(),
+                            });
+                        }
+                    }
+                }
+            }
             if let Some(last) = committed.last() {
                 out.push(Output::Committed(last.index));
             }
@@ -447,11 +553,13 @@ mod tests {
                     view: 1,
                     seqno: 1,
                     data: vec![],
+                    kind: LogKind::Normal,
                 },
                 LogEntry {
                     view: 1,
                     seqno: 2,
                     data: b"a".to_vec(),
+                    kind: LogKind::Normal,
                 },
             ],
             hard_state: HardStateRecord {

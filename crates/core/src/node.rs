@@ -2,14 +2,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use charter_consensus::{Consensus, ConsensusConfig, LogEntry, Output, Restored};
+use charter_consensus::{Consensus, ConsensusConfig, LogEntry, LogKind, Output, Restored};
 use charter_crypto::{Certificate, Digest, LedgerSecret, SigningKey};
 use charter_kv::{Store, Tx, WriteSet};
 use charter_ledger::merkle::MerkleTree;
 use charter_ledger::tables::{NODES_MAP, SERVICE_KEY, SERVICE_MAP, SIGNATURES_MAP, SIGNATURE_KEY};
 use charter_ledger::{
-    commit_evidence, decode_entry, encode_entry, encode_noop, EntryKind, EntryParts, NodeInfo,
-    NodeStatus, Receipt, ServiceInfo, ServiceStatus, SignatureRecord, TxId,
+    commit_evidence, decode_entry, encode_conf_change, encode_entry, encode_noop, EntryKind,
+    EntryParts, NodeInfo, NodeStatus, Receipt, ServiceInfo, ServiceStatus, SignatureRecord, TxId,
 };
 
 use crate::api::{Request, RequestId, Response};
@@ -32,6 +32,13 @@ pub enum Input {
         id: RequestId,
         /// The request.
         request: Request,
+    },
+    /// A consensus message from the peer with Raft ID `from`, over the authenticated node channel.
+    Peer {
+        /// Sender's Raft ID.
+        from: u64,
+        /// The message.
+        bytes: Vec<u8>,
     },
     /// Ledger entries the host read back for [`Action::ReadEntries`]: each seqno with its
     /// entry bytes, or `None` if the files do not hold it.
@@ -71,6 +78,13 @@ pub enum Action {
     Truncate {
         /// First seqno to drop.
         from_seqno: u64,
+    },
+    /// Send a consensus message to the peer with Raft ID `to` (loss is tolerated).
+    Send {
+        /// Recipient's Raft ID.
+        to: u64,
+        /// The message.
+        bytes: Vec<u8>,
     },
     /// Read the entries `from_seqno..=to_seqno` back from the ledger files and return them
     /// with [`Input::EntriesRead`] (historical queries).
@@ -188,6 +202,9 @@ pub enum StartMode {
     },
     /// Restart from the ledger entries and Raft state on disk.
     Restart(Restored),
+    /// Join an existing network as a new, empty node: the primary adds it to the
+    /// configuration once governance trusts it, and replicates the ledger to it.
+    Join,
 }
 
 /// What the node remembers of each transaction to build receipts.
@@ -224,6 +241,12 @@ pub struct Node {
     last_raft_tick_ms: u64,
     /// Bytes in the open chunk.
     chunk_bytes: u64,
+    /// This node's Raft ID.
+    raft_id: u64,
+    /// Store states after each entry that is not yet committed, to roll back to.
+    rollback_points: BTreeMap<u64, Store>,
+    /// Sign at the next opportunity (this node just became primary).
+    sign_soon: bool,
     poisoned: Option<String>,
     /// Applications under `/app`, tried in order after the built-in key-value app's paths.
     apps: Vec<Box<dyn crate::app::Application>>,
@@ -255,14 +278,16 @@ impl Node {
         out: &mut Vec<Action>,
     ) -> Result<Node, CoreError> {
         let node_id = config.node_key.verifying_key().id_hex();
-        let consensus_config = ConsensusConfig::single(1, config.seed);
-        let (restored, genesis) = match mode {
-            StartMode::Genesis { members } => (Restored::default(), Some(members)),
-            StartMode::Restart(restored) => (restored, None),
+        let raft_id = raft_id(&node_id);
+        let mut consensus_config = ConsensusConfig::single(raft_id, config.seed);
+        let (restored, genesis, joining) = match mode {
+            StartMode::Genesis { members } => (Restored::default(), Some(members), false),
+            StartMode::Restart(restored) => (restored, None, false),
+            StartMode::Join => (Restored::default(), None, true),
         };
         let mut node = Node {
             node_id,
-            consensus: Consensus::new(&consensus_config, Restored::default())?,
+            consensus: Consensus::new(&ConsensusConfig::single(raft_id, 0), Restored::default())?,
             store: Store::new(),
             tree: MerkleTree::new(),
             leaves: Vec::new(),
@@ -276,17 +301,39 @@ impl Node {
             unix_time_s: 0,
             last_raft_tick_ms: 0,
             chunk_bytes: 0,
+            raft_id,
+            rollback_points: BTreeMap::new(),
+            sign_soon: false,
             poisoned: None,
             apps: Vec::new(),
             historical: HistoricalCache::default(),
             pending_syncs: HashMap::new(),
             config,
         };
-        let restored = node.replay(restored, out)?;
+        let mut restored = node.replay(restored, out)?;
+        // The network's first configuration is the genesis node alone, recorded in the ledger;
+        // configuration changes in the log do the rest.
+        consensus_config.voters = match node.store.get(RAFT_MAP, GENESIS_VOTERS_KEY) {
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|error| CoreError::Restore(format!("genesis voters: {error}")))?,
+            None if joining => Vec::new(),
+            None => vec![raft_id],
+        };
+        let alone = consensus_config.voters == [raft_id]
+            && !restored
+                .entries
+                .iter()
+                .any(|entry| entry.kind == LogKind::ConfChange);
+        if alone {
+            // A single voter committed everything up to its last durable signature.
+            restored.hard_state.commit = node.ingested;
+        }
         node.consensus = Consensus::new(&consensus_config, restored)?;
         node.raft_commit = node.consensus.commit_index();
         node.commit_seqno = node.last_signature_at_or_before(node.raft_commit);
-        node.consensus.campaign()?;
+        if alone {
+            node.consensus.campaign()?;
+        }
         node.drain_consensus(out)?;
         if let Some(members) = genesis {
             node.write_genesis(&members, out)?;
@@ -330,10 +377,6 @@ impl Node {
             self.ingest(entry)?;
         }
         restored.hard_state.commit = restored.hard_state.commit.min(last_signature as u64);
-        if !restored.entries.is_empty() {
-            // Every restored entry ends in a durable signature; a single voter committed it.
-            restored.hard_state.commit = last_signature as u64;
-        }
         Ok(restored)
     }
 
@@ -374,6 +417,11 @@ impl Node {
     /// Current view (Raft term).
     pub fn view(&self) -> u64 {
         self.consensus.term()
+    }
+
+    /// Raft IDs of the current voters.
+    pub fn voters(&self) -> Vec<u64> {
+        self.consensus.voters()
     }
 
     /// Whether this node is the primary.
@@ -483,9 +531,12 @@ impl Node {
                     self.last_raft_tick_ms = self.now_ms;
                 }
                 self.drain_consensus(out)?;
-                if self.signature_due() {
+                if self.signature_due() || (self.sign_soon && self.consensus.is_leader()) {
+                    self.sign_soon = false;
                     self.emit_signature(out)?;
                 }
+                self.reconcile_membership()?;
+                self.drain_consensus(out)?;
             }
             Input::Client { id, request } => {
                 let response = self.handle_request(&request, out)?;
@@ -493,6 +544,13 @@ impl Node {
                 if self.unsigned_txs >= self.config.signature_interval_txs {
                     self.emit_signature(out)?;
                 }
+            }
+            Input::Peer { from, bytes } => {
+                // A malformed or unexpected message is the sender's problem, not ours.
+                if self.consensus.step(&bytes).is_err() {
+                    let _ = from;
+                }
+                self.drain_consensus(out)?;
             }
             Input::EntriesRead { entries } => {
                 for (seqno, bytes) in entries {
@@ -542,13 +600,9 @@ impl Node {
             match output {
                 Output::Append(entries) => {
                     for entry in entries {
-                        let bytes = if entry.data.is_empty() {
-                            encode_noop(TxId::new(entry.view, entry.seqno))
-                        } else {
-                            entry.data.clone()
-                        };
+                        let bytes = ledger_bytes(&entry);
                         if entry.seqno <= self.ingested {
-                            return Err(CoreError::Unsupported("rolling back ledger entries"));
+                            self.roll_back_to(entry.seqno - 1, out)?;
                         }
                         self.ingest(&entry)?;
                         self.chunk_bytes += bytes.len() as u64;
@@ -571,15 +625,23 @@ impl Node {
                     self.pending_syncs.insert(token, ());
                     out.push(Action::Sync { token });
                 }
-                Output::Send { .. } => {
-                    // Single-voter networks send nothing; peers come with replication.
-                }
+                Output::Send { to, bytes } => out.push(Action::Send { to, bytes }),
+                Output::ConfChanged { .. } => {}
                 Output::Committed(index) => {
                     self.raft_commit = self.raft_commit.max(index);
                     let commit = self.last_signature_at_or_before(self.raft_commit);
                     self.commit_seqno = self.commit_seqno.max(commit);
+                    // States at or before the commit point can never be rolled back to again,
+                    // except the commit point itself.
+                    let keep = self.rollback_points.split_off(&self.commit_seqno);
+                    self.rollback_points = keep;
                 }
-                Output::Role { .. } => {}
+                Output::Role { is_leader, .. } => {
+                    if is_leader {
+                        // A new primary signs at once so that what it inherited commits promptly.
+                        self.sign_soon = true;
+                    }
+                }
             }
         }
         Ok(())
@@ -599,13 +661,8 @@ impl Node {
             self.ingested + 1,
             "entries are ingested in order"
         );
-        let noop;
-        let bytes: &[u8] = if entry.data.is_empty() {
-            noop = encode_noop(TxId::new(entry.view, entry.seqno));
-            &noop
-        } else {
-            &entry.data
-        };
+        let owned = ledger_bytes(entry);
+        let bytes: &[u8] = &owned;
         let bad = |reason: String| CoreError::BadEntry {
             seqno: entry.seqno,
             reason,
@@ -614,7 +671,7 @@ impl Node {
         if decoded.tx_id != TxId::new(entry.view, entry.seqno) {
             return Err(bad(format!("entry says it is {}", decoded.tx_id)));
         }
-        let mut write_set = if decoded.public.is_empty() {
+        let mut write_set = if decoded.public.is_empty() || decoded.kind == EntryKind::ConfChange {
             WriteSet::new()
         } else {
             WriteSet::decode(decoded.public).map_err(|error| bad(error.to_string()))?
@@ -632,6 +689,10 @@ impl Node {
                 .ok_or_else(|| bad("signature entry without a signature record".to_owned()))?;
             let record: SignatureRecord =
                 serde_json::from_slice(record).map_err(|error| bad(error.to_string()))?;
+            // Defence in depth: a replica checks every signature it is given (DESIGN.md §1).
+            if record.node_id != self.node_id {
+                self.check_signature(&record).map_err(bad)?;
+            }
             self.signatures.insert(entry.seqno, record);
             self.unsigned_txs = 0;
             self.unsigned_since_ms = None;
@@ -649,6 +710,97 @@ impl Node {
         }
         self.ingested = entry.seqno;
         assert_eq!(self.tree.len(), self.ingested);
+        if entry.seqno > self.commit_seqno {
+            self.rollback_points.insert(entry.seqno, self.store.clone());
+        }
+        Ok(())
+    }
+
+    /// Checks a signature transaction from another node: the root must be this replica's own
+    /// root over the same entries, signed by a node of the service.
+    fn check_signature(&self, record: &SignatureRecord) -> Result<(), String> {
+        let root = record.root_digest().map_err(|error| error.to_string())?;
+        if self.tree.root() != Some(root) {
+            return Err(format!(
+                "signature root differs from this replica's Merkle root at {}",
+                record.seqno
+            ));
+        }
+        let node: NodeInfo = self
+            .store
+            .get(NODES_MAP, record.node_id.as_bytes())
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
+            .ok_or_else(|| format!("signature by unknown node {}", record.node_id))?;
+        let cert = Certificate::from_pem(&node.cert).map_err(|error| error.to_string())?;
+        let key = cert.public_key().map_err(|error| error.to_string())?;
+        let signature = record.signature_der().map_err(|error| error.to_string())?;
+        key.verify_digest(&root, &signature)
+            .map_err(|_| format!("signature at {} does not verify", record.seqno))
+    }
+
+    /// Drops every entry after `seqno` (Raft replaced an uncommitted suffix).
+    fn roll_back_to(&mut self, seqno: u64, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        if seqno < self.commit_seqno {
+            return Err(CoreError::Restore(format!(
+                "consensus asked to roll back to {seqno}, below the commit point {}",
+                self.commit_seqno
+            )));
+        }
+        self.store = match self.rollback_points.get(&seqno) {
+            Some(store) => store.clone(),
+            None if seqno == 0 => Store::new(),
+            None => {
+                return Err(CoreError::Restore(format!(
+                    "no state kept for seqno {seqno} to roll back to"
+                )))
+            }
+        };
+        let _ = self.rollback_points.split_off(&(seqno + 1));
+        self.tree.truncate(seqno);
+        self.leaves.truncate(seqno as usize);
+        let _ = self.signatures.split_off(&(seqno + 1));
+        self.historical = HistoricalCache::default();
+        self.ingested = seqno;
+        self.unsigned_txs = 0;
+        self.unsigned_since_ms = None;
+        out.push(Action::Truncate {
+            from_seqno: seqno + 1,
+        });
+        Ok(())
+    }
+
+    /// The primary keeps Raft's voters equal to the trusted nodes of the nodes table: it adds
+    /// a node once governance trusts it and removes it once retired, one change at a time,
+    /// handing leadership away first if it is the one to go.
+    fn reconcile_membership(&mut self) -> Result<(), CoreError> {
+        if !self.consensus.is_leader() || self.consensus.conf_change_pending() {
+            return Ok(());
+        }
+        let mut trusted: Vec<u64> = Vec::new();
+        for (key, value) in self.store.entries(NODES_MAP) {
+            let Ok(info) = serde_json::from_slice::<NodeInfo>(value) else {
+                continue;
+            };
+            if info.status == NodeStatus::Trusted {
+                if let Ok(id) = std::str::from_utf8(key) {
+                    trusted.push(raft_id(id));
+                }
+            }
+        }
+        let voters = self.consensus.voters();
+        if let Some(missing) = trusted.iter().find(|id| !voters.contains(id)) {
+            let _ = self.consensus.propose_voter_change(*missing, true);
+            return Ok(());
+        }
+        if let Some(extra) = voters.iter().find(|id| !trusted.contains(id)) {
+            if *extra == self.raft_id {
+                if let Some(successor) = voters.iter().find(|id| **id != self.raft_id) {
+                    self.consensus.transfer_leader(*successor);
+                }
+            } else {
+                let _ = self.consensus.propose_voter_change(*extra, false);
+            }
+        }
         Ok(())
     }
 
@@ -783,6 +935,11 @@ impl Node {
             gov::CODE_MANIFEST_MAP,
             self.config.evidence.measurement.as_bytes(),
             br#"{"status":"AllowedToJoin"}"#,
+        );
+        write_set.put(
+            RAFT_MAP,
+            GENESIS_VOTERS_KEY,
+            format!("[{}]", self.raft_id).as_bytes(),
         );
         let threshold = gov::ServiceConfig {
             recovery_threshold: 1,
@@ -934,6 +1091,29 @@ impl Node {
         out: &mut Vec<Action>,
     ) -> Result<Response, CoreError> {
         crate::endpoints::handle(self, request, out)
+    }
+}
+
+/// The Raft configuration the network started with, under [`GENESIS_VOTERS_KEY`]: a JSON list of
+/// Raft IDs.
+pub const RAFT_MAP: &str = "public:charter.internal.raft";
+/// Key of the genesis voters in [`RAFT_MAP`].
+pub const GENESIS_VOTERS_KEY: &[u8] = b"genesis_voters";
+
+/// A node's Raft ID: the first 64 bits of its node ID (never 0, which Raft reserves).
+pub fn raft_id(node_id_hex: &str) -> u64 {
+    let prefix = node_id_hex.get(..16).unwrap_or(node_id_hex);
+    u64::from_str_radix(prefix, 16).unwrap_or(0).max(1)
+}
+
+/// The ledger bytes of a log entry: the entry itself, or the stored form of Raft's no-op and
+/// configuration-change entries.
+fn ledger_bytes(entry: &LogEntry) -> Vec<u8> {
+    let tx_id = TxId::new(entry.view, entry.seqno);
+    match entry.kind {
+        LogKind::ConfChange => encode_conf_change(tx_id, &entry.data),
+        LogKind::Normal if entry.data.is_empty() => encode_noop(tx_id),
+        LogKind::Normal => entry.data.clone(),
     }
 }
 

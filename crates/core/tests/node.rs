@@ -109,6 +109,7 @@ fn restart_keeps_committed_writes_and_drops_unsigned_tail() {
     }));
     harness.node = node;
     harness.ledger.truncate(unsigned.seqno as usize - 1);
+    harness.files.truncate(unsigned.seqno as usize - 1);
     harness.host(out);
     let user = harness.user.clone();
     assert_eq!(
@@ -296,9 +297,9 @@ fn applications_read_historical_transactions_from_the_ledger() {
     // A tampered entry in the "files" is caught against the Merkle tree.
     let victim = harness.put("a", b"x");
     harness.tick(150);
-    let entry = &mut harness.ledger[victim.seqno as usize - 1];
-    let last = entry.data.len() - 1;
-    entry.data[last] ^= 1;
+    let entry = &mut harness.files[victim.seqno as usize - 1];
+    let last = entry.len() - 1;
+    entry[last] ^= 1;
     let mut status = 0;
     for _ in 0..3 {
         status = harness

@@ -4,7 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use charter_core::{HardStateRecord, LogEntry};
+use charter_core::{HardStateRecord, LogEntry, LogKind};
 use charter_ledger::frame::{encode_frame, parse_frames, ChunkName, FrameError};
 use charter_ledger::{decode_entry, EntryKind};
 
@@ -131,15 +131,16 @@ impl LedgerFiles {
                     offset: frame.offset,
                     reason: error.to_string(),
                 })?;
-                let data = if entry.kind == EntryKind::Noop {
-                    Vec::new()
-                } else {
-                    frame.payload.to_vec()
+                let (data, kind) = match entry.kind {
+                    EntryKind::Noop => (Vec::new(), LogKind::Normal),
+                    EntryKind::ConfChange => (entry.public.to_vec(), LogKind::ConfChange),
+                    _ => (frame.payload.to_vec(), LogKind::Normal),
                 };
                 loaded.entries.push(LogEntry {
                     view: entry.tx_id.view,
                     seqno: frame.seqno,
                     data,
+                    kind,
                 });
                 offsets.push((frame.seqno, frame.offset));
             }

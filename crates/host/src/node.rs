@@ -277,6 +277,10 @@ impl CoreLoop {
                         }
                         self.hard_state = state;
                     }
+                    Action::Send { .. } => {
+                        // A single-node network has no peers to send to; the node channels
+                        // (`peers`) carry these once nodes can join.
+                    }
                     Action::ReadEntries {
                         from_seqno,
                         to_seqno,

@@ -35,6 +35,8 @@ pub enum EntryKind {
     Signature = 1,
     /// An empty entry appended by Raft when a leader is elected.
     Noop = 2,
+    /// A Raft configuration change: the public domain is its protobuf `ConfChangeV2`.
+    ConfChange = 3,
 }
 
 impl EntryKind {
@@ -43,6 +45,7 @@ impl EntryKind {
             0 => Ok(EntryKind::Transaction),
             1 => Ok(EntryKind::Signature),
             2 => Ok(EntryKind::Noop),
+            3 => Ok(EntryKind::ConfChange),
             _ => Err(LedgerError::Malformed("entry kind")),
         }
     }
@@ -132,7 +135,7 @@ pub fn encode_entry(parts: &EntryParts<'_>, secret: &LedgerSecret) -> Result<Vec
             max: ENTRY_BYTES_MAX,
         });
     }
-    let evidence = if parts.kind == EntryKind::Noop {
+    let evidence = if matches!(parts.kind, EntryKind::Noop | EntryKind::ConfChange) {
         [0u8; 32]
     } else {
         commit_evidence_digest(&commit_evidence(secret, parts.tx_id))
@@ -157,6 +160,20 @@ pub fn encode_entry(parts: &EntryParts<'_>, secret: &LedgerSecret) -> Result<Vec
     }
     assert_eq!(out.len(), total);
     Ok(out)
+}
+
+/// The entry a Raft configuration change (protobuf bytes) is stored as.
+pub fn encode_conf_change(tx_id: TxId, change: &[u8]) -> Vec<u8> {
+    let parts = EntryParts {
+        kind: EntryKind::ConfChange,
+        tx_id,
+        claims_digest: [0; 32],
+        public: change,
+        private_plain: &[],
+    };
+    // Configuration changes are small and carry no secret material.
+    encode_entry(&parts, &LedgerSecret::from_bytes([0; 32]))
+        .expect("a configuration change is small")
 }
 
 /// The entry Raft's empty leader entries are stored as.

@@ -30,8 +30,8 @@ mod txid;
 pub mod verify;
 
 pub use entry::{
-    commit_evidence, commit_evidence_digest, decode_entry, encode_entry, encode_noop, leaf_hash,
-    Entry, EntryKind, EntryParts,
+    commit_evidence, commit_evidence_digest, decode_entry, encode_conf_change, encode_entry,
+    encode_noop, leaf_hash, Entry, EntryKind, EntryParts,
 };
 pub use error::LedgerError;
 pub use receipt::{LeafComponents, ProofElement, Receipt, ReceiptError};

@@ -357,7 +357,8 @@ impl<'a> Verifier<'a> {
         if self.uncovered_first.is_none() {
             self.uncovered_first = Some(location);
         }
-        let write_set = if entry.public.is_empty() {
+        // A configuration change's public domain is Raft's protobuf, not a write set.
+        let write_set = if entry.public.is_empty() || entry.kind == EntryKind::ConfChange {
             None
         } else {
             let write_set = WriteSet::decode(entry.public)

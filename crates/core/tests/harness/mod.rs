@@ -1,10 +1,11 @@
 //! A single node's core driven in memory: the harness plays the host (durability at once) and
-//! opens the service through real governance requests. Shared by tests and benchmarks.
+//! opens the service through real governance requests, adding user0 as an Administrator and
+//! user1 as a Contributor (`user_data.role`). Shared by tests and benchmarks of several crates.
 #![allow(dead_code)]
 
 use charter_core::{
-    Action, HardStateRecord, Input, LogEntry, Method, Node, NodeConfig, Request, RequestId,
-    StartMode,
+    Action, HardStateRecord, Input, LogEntry, LogKind, Method, Node, NodeConfig, Request,
+    RequestId, StartMode,
 };
 use charter_crypto::{
     cose_sign1, Certificate, CertificateSpec, LedgerSecret, SigningKey, Validity,
@@ -24,6 +25,11 @@ pub struct Harness {
     pub now_ms: u64,
     pub next_id: u64,
     pub user: Certificate,
+    pub user1: Certificate,
+    /// Every appended entry's bytes, as the ledger files would hold them.
+    pub files: Vec<Vec<u8>>,
+    /// Consensus messages the node sent: (recipient Raft ID, bytes).
+    pub outbox: Vec<(u64, Vec<u8>)>,
     pub member: Certificate,
     pub member_key: SigningKey,
     pub service: Certificate,
@@ -44,8 +50,44 @@ pub fn cert(seed: u8, name: &str, ca: bool) -> (SigningKey, Certificate) {
 
 impl Harness {
     pub fn new() -> Harness {
+        Harness::with_apps(Vec::new())
+    }
+
+    /// A harness whose node serves `apps` besides the built-in key-value app.
+    pub fn with_apps(apps: Vec<Box<dyn charter_core::Application>>) -> Harness {
+        let mut harness = Harness::start(2, None);
+        for app in apps {
+            harness.node.register_app(app);
+        }
+        harness.tick(1);
+        harness.open_service();
+        harness
+    }
+
+    /// A node (key seed `seed`) of the same service that joins it: it holds the ledger secret
+    /// and the service certificate, and waits for the primary to replicate to it.
+    pub fn joiner(seed: u8) -> Harness {
+        Harness::start(seed, Some(StartMode::Join))
+    }
+
+    /// The node's key, certificate endorsed by the service, and its join request evidence.
+    pub fn node_identity(seed: u8) -> (SigningKey, Certificate) {
         let (service_key, service) = cert(1, "service", true);
-        let node_key = SigningKey::from_seed(&[2; 32]).unwrap();
+        let node_key = SigningKey::from_seed(&[seed; 32]).unwrap();
+        let spec = CertificateSpec {
+            common_name: "node",
+            is_ca: false,
+            subject_alt_names: &[],
+            validity: VALIDITY,
+        };
+        let node_cert =
+            Certificate::issue(&node_key.verifying_key(), &spec, &service_key, &service).unwrap();
+        (node_key, node_cert)
+    }
+
+    fn start(seed: u8, mode: Option<StartMode>) -> Harness {
+        let (service_key, service) = cert(1, "service", true);
+        let node_key = SigningKey::from_seed(&[seed; 32]).unwrap();
         let spec = CertificateSpec {
             common_name: "node",
             is_ca: false,
@@ -63,11 +105,12 @@ impl Harness {
             evidence,
         );
         let (_, user) = cert(4, "user0", false);
+        let (_, user1) = cert(6, "user1", false);
         let (member_key, member) = cert(5, "member0", false);
         let mut out = Vec::new();
-        let mode = StartMode::Genesis {
+        let mode = mode.unwrap_or(StartMode::Genesis {
             members: vec![member.clone()],
-        };
+        });
         let node = Node::new(config.clone(), mode, &mut out).unwrap();
         let mut harness = Harness {
             node,
@@ -77,14 +120,15 @@ impl Harness {
             now_ms: 1,
             next_id: 0,
             user,
+            user1,
+            files: Vec::new(),
+            outbox: Vec::new(),
             member,
             member_key,
             service,
             config,
         };
         harness.host(out);
-        harness.tick(1);
-        harness.open_service();
         harness
     }
 
@@ -151,7 +195,8 @@ impl Harness {
             ack.as_bytes(),
         );
         let proposal = serde_json::json!({"actions": [
-            {"name": "set_user", "args": {"cert": self.user.to_pem()}},
+            {"name": "set_user", "args": {"cert": self.user.to_pem(), "user_data": {"role": "Administrator"}}},
+            {"name": "set_user", "args": {"cert": self.user1.to_pem(), "user_data": {"role": "Contributor"}}},
             {"name": "transition_service_to_open", "args": {}},
         ]})
         .to_string();
@@ -184,20 +229,26 @@ impl Harness {
                     Action::Append { seqno, bytes } => {
                         assert_eq!(seqno, self.ledger.len() as u64 + 1);
                         let entry = charter_ledger::decode_entry(&bytes).unwrap();
-                        let data = if entry.kind == charter_ledger::EntryKind::Noop {
-                            Vec::new()
-                        } else {
-                            bytes.clone()
+                        let (data, kind) = match entry.kind {
+                            charter_ledger::EntryKind::Noop => (Vec::new(), LogKind::Normal),
+                            charter_ledger::EntryKind::ConfChange => {
+                                (entry.public.to_vec(), LogKind::ConfChange)
+                            }
+                            _ => (bytes.clone(), LogKind::Normal),
                         };
                         self.ledger.push(LogEntry {
                             view: entry.tx_id.view,
                             seqno,
                             data,
+                            kind,
                         });
+                        self.files.push(bytes);
                     }
                     Action::Truncate { from_seqno } => {
-                        self.ledger.truncate(from_seqno as usize - 1)
+                        self.ledger.truncate(from_seqno as usize - 1);
+                        self.files.truncate(from_seqno as usize - 1);
                     }
+                    Action::Send { to, bytes } => self.outbox.push((to, bytes)),
                     Action::SaveHardState(state) => self.hard_state = state,
                     Action::Sync { token } => sync = Some(token),
                     Action::Respond { id, response } => self.responses.push((id, response)),
@@ -207,17 +258,7 @@ impl Harness {
                         to_seqno,
                     } => {
                         let entries = (from_seqno..=to_seqno)
-                            .map(|seqno| {
-                                let entry = self.ledger.get(seqno as usize - 1);
-                                let bytes = entry.map(|entry| {
-                                    if entry.data.is_empty() {
-                                        charter_ledger::encode_noop(TxId::new(entry.view, seqno))
-                                    } else {
-                                        entry.data.clone()
-                                    }
-                                });
-                                (seqno, bytes)
-                            })
+                            .map(|seqno| (seqno, self.files.get(seqno as usize - 1).cloned()))
                             .collect();
                         reads.push(entries);
                     }
