@@ -100,7 +100,7 @@ pub(crate) fn handle(
                 ))
             }
         };
-        if service_status(node) != Some(ServiceStatus::Open) {
+        if node.service_status() != Some(ServiceStatus::Open) {
             return Ok(Response::error(
                 503,
                 "ServiceNotOpen",
@@ -140,13 +140,6 @@ pub(crate) fn handle(
         "ResourceNotFound",
         format!("no endpoint at {path}"),
     ))
-}
-
-fn service_status(node: &Node) -> Option<ServiceStatus> {
-    node.store()
-        .get(SERVICE_MAP, SERVICE_KEY)
-        .and_then(|bytes| serde_json::from_slice::<ServiceInfo>(bytes).ok())
-        .map(|info| info.status)
 }
 
 fn quote_json(node_id: &str, evidence: &serde_json::Value) -> serde_json::Value {

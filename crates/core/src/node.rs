@@ -243,8 +243,14 @@ pub struct Node {
     chunk_bytes: u64,
     /// This node's Raft ID.
     raft_id: u64,
-    /// Store states after each entry that is not yet committed, to roll back to.
+    /// Store states after each entry that is not yet committed, to roll back to. Kept only
+    /// while other voters exist: a lone voter's log is never replaced, and keeping a snapshot
+    /// per entry makes every later write copy the paths it touches.
     rollback_points: BTreeMap<u64, Store>,
+    /// Whether the configuration has voters other than this node.
+    replicated: bool,
+    /// The service status as of the last ingested entry (cached: checked on every app request).
+    service_status: Option<ServiceStatus>,
     /// Sign at the next opportunity (this node just became primary).
     sign_soon: bool,
     poisoned: Option<String>,
@@ -303,6 +309,8 @@ impl Node {
             chunk_bytes: 0,
             raft_id,
             rollback_points: BTreeMap::new(),
+            replicated: false,
+            service_status: None,
             sign_soon: false,
             poisoned: None,
             apps: Vec::new(),
@@ -329,6 +337,7 @@ impl Node {
             restored.hard_state.commit = node.ingested;
         }
         node.consensus = Consensus::new(&consensus_config, restored)?;
+        node.replicated = node.consensus.voters() != [raft_id];
         node.raft_commit = node.consensus.commit_index();
         node.commit_seqno = node.last_signature_at_or_before(node.raft_commit);
         if alone {
@@ -361,7 +370,14 @@ impl Node {
                         .is_ok_and(|decoded| decoded.kind == EntryKind::Signature)
             })
             .map_or(0, |index| index + 1);
-        if last_signature < restored.entries.len() {
+        // A lone voter's unsigned tail was never acknowledged to anyone, so it is dropped. A
+        // replica (its log holds configuration changes) keeps every durable entry: it may have
+        // acknowledged them, and Raft counts on acknowledged entries surviving a restart.
+        let replica = restored
+            .entries
+            .iter()
+            .any(|entry| entry.kind == LogKind::ConfChange);
+        if !replica && last_signature < restored.entries.len() {
             let from_seqno = last_signature as u64 + 1;
             out.push(Action::Truncate { from_seqno });
             restored.entries.truncate(last_signature);
@@ -375,8 +391,16 @@ impl Node {
                 )));
             }
             self.ingest(entry)?;
+            // Entries from the saved commit point on may still be replaced by a new primary
+            // (rolling back to the commit point itself needs the state after it).
+            if entry.seqno >= restored.hard_state.commit {
+                self.rollback_points.insert(entry.seqno, self.store.clone());
+            }
         }
-        restored.hard_state.commit = restored.hard_state.commit.min(last_signature as u64);
+        restored.hard_state.commit = restored
+            .hard_state
+            .commit
+            .min(restored.entries.len() as u64);
         Ok(restored)
     }
 
@@ -626,15 +650,20 @@ impl Node {
                     out.push(Action::Sync { token });
                 }
                 Output::Send { to, bytes } => out.push(Action::Send { to, bytes }),
-                Output::ConfChanged { .. } => {}
+                Output::ConfChanged { voters } => {
+                    self.replicated = voters != [self.raft_id];
+                }
                 Output::Committed(index) => {
                     self.raft_commit = self.raft_commit.max(index);
                     let commit = self.last_signature_at_or_before(self.raft_commit);
-                    self.commit_seqno = self.commit_seqno.max(commit);
-                    // States at or before the commit point can never be rolled back to again,
-                    // except the commit point itself.
-                    let keep = self.rollback_points.split_off(&self.commit_seqno);
-                    self.rollback_points = keep;
+                    if commit > self.commit_seqno {
+                        self.commit_seqno = commit;
+                        // States before the commit point can never be rolled back to again.
+                        // Pruned only when the commit point moves (at signatures), so the cost
+                        // is paid once per signature, not once per write.
+                        let keep = self.rollback_points.split_off(&self.commit_seqno);
+                        self.rollback_points = keep;
+                    }
                 }
                 Output::Role { is_leader, .. } => {
                     if is_leader {
@@ -706,14 +735,31 @@ impl Node {
             claims_digest: decoded.claims_digest,
         });
         if !write_set.is_empty() {
+            let service_changed = write_set.maps.contains_key(SERVICE_MAP);
             self.store.apply(&write_set, entry.seqno);
+            if service_changed {
+                self.refresh_service_status();
+            }
         }
         self.ingested = entry.seqno;
         assert_eq!(self.tree.len(), self.ingested);
-        if entry.seqno > self.commit_seqno {
+        if self.replicated && entry.seqno > self.commit_seqno {
             self.rollback_points.insert(entry.seqno, self.store.clone());
         }
         Ok(())
+    }
+
+    fn refresh_service_status(&mut self) {
+        self.service_status = self
+            .store
+            .get(SERVICE_MAP, SERVICE_KEY)
+            .and_then(|bytes| serde_json::from_slice::<ServiceInfo>(bytes).ok())
+            .map(|info| info.status);
+    }
+
+    /// The service's status (Opening, Open, Recovering), if the service exists.
+    pub fn service_status(&self) -> Option<ServiceStatus> {
+        self.service_status
     }
 
     /// Checks a signature transaction from another node: the root must be this replica's own
@@ -756,6 +802,7 @@ impl Node {
             }
         };
         let _ = self.rollback_points.split_off(&(seqno + 1));
+        self.refresh_service_status();
         self.tree.truncate(seqno);
         self.leaves.truncate(seqno as usize);
         let _ = self.signatures.split_off(&(seqno + 1));

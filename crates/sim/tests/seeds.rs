@@ -76,25 +76,20 @@ fn crash_anywhere() -> Options {
     }
 }
 
-/// Replay: `cargo run -p charter-sim -- --seeds 1 --start 1 --crash-anywhere`.
+/// Regression: a restarted follower's replay used to drop its durable unsigned tail, which it
+/// had acknowledged; the primary's next heartbeat then committed past its log and raft-rs
+/// panicked. Replay: `cargo run -p charter-sim -- --seeds 1 --start 1 --crash-anywhere`.
 #[test]
-#[ignore = "BUG: a restarted follower's replay truncates its durable unsigned tail, which it had \
-            acknowledged; the primary's next heartbeat commits past its log and raft-rs panics \
-            `to_commit N is out of range [last_index N-1]`"]
 fn seed_1_crash_anywhere_restart_forgets_acknowledged_entries() {
     if let Err(failure) = run_seed(1, crash_anywhere()) {
         panic!("{failure}");
     }
 }
 
-/// Replay: `cargo run -p charter-sim -- --seeds 1 --start 11 --crash-anywhere`. Passes on the core
-/// of commit 797c27a; fails on an uncommitted core change that keeps rollback points during
-/// replay only for entries after the saved Raft commit, so rolling back to exactly that point
-/// after a restart finds no state.
+/// Regression: a restarted node kept rollback state only after its saved commit point, so a new
+/// primary's conflicting suffix found no state to roll back to. Replay:
+/// `cargo run -p charter-sim -- --seeds 1 --start 11 --crash-anywhere`.
 #[test]
-#[ignore = "BUG (uncommitted core change): a restarted node keeps no rollback state at its saved \
-            commit point, so a new primary's conflicting suffix fails with `cannot restore: no \
-            state kept for seqno N to roll back to`"]
 fn seed_11_crash_anywhere_restart_cannot_roll_back_replayed_entries() {
     if let Err(failure) = run_seed(11, crash_anywhere()) {
         panic!("{failure}");
