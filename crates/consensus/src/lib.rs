@@ -342,6 +342,23 @@ impl Consensus {
         self.node.raft.has_pending_conf()
     }
 
+    /// Replication progress as the leader sees it: each peer's Raft ID and highest index
+    /// known to match this log (empty on followers).
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        let mut progress: Vec<(u64, u64)> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, pr)| (*id, pr.matched))
+            .collect();
+        progress.sort_unstable();
+        progress
+    }
+
     /// Current voters (both halves of a joint configuration).
     pub fn voters(&self) -> Vec<u64> {
         let mut voters: Vec<u64> = self.node.raft.prs().conf().voters().ids().iter().collect();

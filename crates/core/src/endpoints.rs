@@ -219,6 +219,93 @@ fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
                 .collect();
             Response::json(200, &json!({"quotes": quotes}))
         }
+        "network/nodes" => {
+            let primary = node.primary_raft_id();
+            let nodes: Vec<serde_json::Value> = node
+                .store()
+                .entries(NODES_MAP)
+                .filter_map(|(key, value)| {
+                    let id = std::str::from_utf8(key).ok()?;
+                    let info: NodeInfo = serde_json::from_slice(value).ok()?;
+                    Some(json!({
+                        "node_id": id,
+                        "status": info.status,
+                        "rpc_address": info.rpc_address,
+                        "primary": primary == Some(crate::raft_id(id)),
+                    }))
+                })
+                .collect();
+            Response::json(200, &json!({"nodes": nodes}))
+        }
+        "consensus" => {
+            let last = node.last_tx_id().seqno;
+            let peers: Vec<serde_json::Value> = node
+                .replication_progress()
+                .into_iter()
+                .map(|(id, matched)| json!({"raft_id": id, "match_seqno": matched, "lag": last.saturating_sub(matched)}))
+                .collect();
+            Response::json(
+                200,
+                &json!({
+                    "raft_id": node.own_raft_id(),
+                    "primary_raft_id": node.primary_raft_id(),
+                    "view": node.view(),
+                    "last_seqno": last,
+                    "commit_seqno": node.commit_tx_id().seqno,
+                    "voters": node.voters(),
+                    "peers": peers,
+                }),
+            )
+        }
+        "metrics" => {
+            let last = node.last_tx_id().seqno;
+            let mut text = String::new();
+            let mut metric = |name: &str, help: &str, value: String| {
+                text.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+                ));
+            };
+            metric(
+                "charter_commit_seqno",
+                "Seqno of the last committed transaction.",
+                node.commit_tx_id().seqno.to_string(),
+            );
+            metric(
+                "charter_last_seqno",
+                "Seqno of the last transaction in the ledger.",
+                last.to_string(),
+            );
+            metric(
+                "charter_view",
+                "Current view (Raft term).",
+                node.view().to_string(),
+            );
+            metric(
+                "charter_is_primary",
+                "1 if this node is the primary.",
+                u8::from(node.is_primary()).to_string(),
+            );
+            metric(
+                "charter_role_changes",
+                "Leadership or term changes seen since start.",
+                node.role_changes().to_string(),
+            );
+            text.push_str("# HELP charter_replication_lag Entries a voter is behind the primary's log.\n# TYPE charter_replication_lag gauge\n");
+            for (id, matched) in node.replication_progress() {
+                text.push_str(&format!(
+                    "charter_replication_lag{{raft_id=\"{id}\"}} {}\n",
+                    last.saturating_sub(matched)
+                ));
+            }
+            Response {
+                status: 200,
+                headers: vec![(
+                    "content-type".to_owned(),
+                    "text/plain; version=0.0.4".to_owned(),
+                )],
+                body: text.into_bytes(),
+            }
+        }
         "version" => Response::json(
             200,
             &json!({"ccf_version": concat!("charter-", env!("CARGO_PKG_VERSION")), "quickjs_version": null, "unsafe": false}),

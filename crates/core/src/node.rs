@@ -253,6 +253,8 @@ pub struct Node {
     service_status: Option<ServiceStatus>,
     /// Sign at the next opportunity (this node just became primary).
     sign_soon: bool,
+    /// Leadership or term changes seen (for metrics).
+    role_changes: u64,
     poisoned: Option<String>,
     /// Applications under `/app`, tried in order after the built-in key-value app's paths.
     apps: Vec<Box<dyn crate::app::Application>>,
@@ -312,6 +314,7 @@ impl Node {
             replicated: false,
             service_status: None,
             sign_soon: false,
+            role_changes: 0,
             poisoned: None,
             apps: Vec::new(),
             historical: HistoricalCache::default(),
@@ -441,6 +444,26 @@ impl Node {
     /// Current view (Raft term).
     pub fn view(&self) -> u64 {
         self.consensus.term()
+    }
+
+    /// Replication progress as the primary sees it: (Raft ID, matched seqno) per voter.
+    pub fn replication_progress(&self) -> Vec<(u64, u64)> {
+        self.consensus.progress()
+    }
+
+    /// The Raft ID of the primary, if known.
+    pub fn primary_raft_id(&self) -> Option<u64> {
+        self.consensus.leader_id()
+    }
+
+    /// This node's Raft ID.
+    pub fn own_raft_id(&self) -> u64 {
+        self.raft_id
+    }
+
+    /// Leadership or term changes this node has seen since it started.
+    pub fn role_changes(&self) -> u64 {
+        self.role_changes
     }
 
     /// Raft IDs of the current voters.
@@ -666,6 +689,7 @@ impl Node {
                     }
                 }
                 Output::Role { is_leader, .. } => {
+                    self.role_changes += 1;
                     if is_leader {
                         // A new primary signs at once so that what it inherited commits promptly.
                         self.sign_soon = true;

@@ -232,3 +232,46 @@ fn a_new_primary_takes_over_and_keeps_every_committed_write() {
         Some(&b"2"[..])
     );
 }
+
+#[test]
+fn operators_see_nodes_consensus_progress_and_metrics() {
+    let mut cluster = three_nodes();
+    let tx_id = cluster.nodes[0].put("m", b"1");
+    cluster.tick_until(50, "the write to commit everywhere", |c| {
+        c.nodes
+            .iter()
+            .all(|h| h.node.tx_status(tx_id) == charter_core::TxStatus::Committed)
+    });
+    let json = |response: charter_core::Response| -> serde_json::Value {
+        serde_json::from_slice(&response.body).unwrap()
+    };
+    let nodes = json(cluster.nodes[1].request(Method::Get, "/node/network/nodes", &[], b"", None));
+    let nodes = nodes["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| n["status"] == "Trusted"));
+    assert_eq!(nodes.iter().filter(|n| n["primary"] == true).count(), 1);
+    let consensus = json(cluster.nodes[0].request(Method::Get, "/node/consensus", &[], b"", None));
+    let peers = consensus["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3, "{consensus}");
+    assert!(
+        peers
+            .iter()
+            .all(|p| p["match_seqno"].as_u64().unwrap() >= tx_id.seqno),
+        "{consensus}"
+    );
+    let follower = json(cluster.nodes[2].request(Method::Get, "/node/consensus", &[], b"", None));
+    assert!(follower["peers"].as_array().unwrap().is_empty());
+    assert_eq!(follower["primary_raft_id"], consensus["raft_id"]);
+    let metrics = cluster.nodes[0].request(Method::Get, "/node/metrics", &[], b"", None);
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(text.contains("charter_is_primary 1"), "{text}");
+    assert!(text.contains(&format!(
+        "charter_commit_seqno {}",
+        cluster.nodes[0].node.commit_tx_id().seqno
+    )));
+    assert_eq!(
+        text.matches("charter_replication_lag{").count(),
+        3,
+        "{text}"
+    );
+}
