@@ -7,13 +7,16 @@
 //! node child, so a failing test leaks no processes. Each test has its own sandbox (several
 //! change the constitution), and they run in parallel.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use charter_crypto::{cose_sign1, Certificate, CertificateSpec, SigningKey, Validity};
+mod common;
+
 use charter_host::client::{Client, ClientResponse};
+use common::{alive, charter, children_of, free_port, path_str, signal, text};
 use serde_json::{json, Value};
 
 /// How long a sandbox may take to write `sandbox.json`.
@@ -26,77 +29,6 @@ const GOV_WINDOW_S: u64 = 300;
 // ---------------------------------------------------------------------------------------------
 // Processes (after crates/cli/tests/e2e_sandbox.rs)
 // ---------------------------------------------------------------------------------------------
-
-fn charter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_charter"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run charter")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 temp path")
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().unwrap().port()
-}
-
-/// PIDs of the processes whose parent is `parent`, from `/proc/*/stat`.
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut children = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return children;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(after) = stat.rfind(')').map(|index| &stat[index + 1..]) else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let _state = fields.next();
-        if fields.next().and_then(|ppid| ppid.parse::<i32>().ok()) == Some(parent) {
-            children.push(pid);
-        }
-    }
-    children
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|index| stat[index + 1..].split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
-}
-
-fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) with a PID and a signal number has no memory effects.
-    unsafe {
-        libc::kill(pid, signal);
-    }
-}
 
 /// A running `charter sandbox`; killed (with its node) when dropped.
 struct Sandbox {

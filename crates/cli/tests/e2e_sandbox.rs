@@ -5,15 +5,18 @@
 //! Every sandbox is owned by a [`Sandbox`] guard whose `Drop` kills the sandbox process and its
 //! node child, so a failing test leaks no processes.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use charter_crypto::Certificate;
+mod common;
+
 use charter_host::client::{Client, ClientResponse};
 use charter_ledger::frame::parse_frames;
 use charter_ledger::{Receipt, TxId};
+use common::{alive, charter, children_of, free_port, path_str, signal, text};
 
 /// How long a sandbox may take to write `sandbox.json`.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,78 +28,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------------
-
-fn charter(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_charter"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run charter")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 temp path")
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().unwrap().port()
-}
-
-/// PIDs of the processes whose parent is `parent`, from `/proc/*/stat`.
-fn children_of(parent: i32) -> Vec<i32> {
-    let mut children = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return children;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": the command may hold spaces and parentheses.
-        let Some(after) = stat.rfind(')').map(|index| &stat[index + 1..]) else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let _state = fields.next();
-        if fields.next().and_then(|ppid| ppid.parse::<i32>().ok()) == Some(parent) {
-            children.push(pid);
-        }
-    }
-    children
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|index| stat[index + 1..].split_whitespace().next());
-            state != Some("Z") && state != Some("X")
-        }
-        Err(_) => false,
-    }
-}
-
-fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) with a PID and a signal number has no memory effects.
-    unsafe {
-        libc::kill(pid, signal);
-    }
-}
 
 /// A running `charter sandbox`; killed (with its node) when dropped.
 struct Sandbox {
