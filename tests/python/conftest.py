@@ -95,6 +95,8 @@ def sandbox(tmp_path_factory):
         [
             str(binary),
             "sandbox",
+            "--nodes",
+            "1",
             "--workspace",
             str(workspace),
             "--port",
@@ -179,6 +181,8 @@ class OwnSandbox:
             [
                 str(self.binary),
                 "sandbox",
+                "--nodes",
+                "1",
                 "--workspace",
                 str(self.workspace),
                 "--port",

@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use charter_crypto::{Certificate, CertificateSpec, SigningKey, Validity};
-use charter_host::node::NodeFileConfig;
+use charter_host::join::JoinConfig;
+use charter_host::node::{NodeFileConfig, StartKind};
 
 /// Arguments of `charter sandbox`.
 #[derive(clap::Args, Debug)]
@@ -26,6 +27,9 @@ pub struct SandboxArgs {
     /// Complete a ledger chunk at the first signature after it reaches this many bytes.
     #[arg(long, default_value_t = 5_000_000)]
     pub chunk_bytes_max: u64,
+    /// Number of nodes (the first starts the network, the others join it by governance).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
     /// Seconds to wait for the network to answer.
     #[arg(long, default_value_t = 60)]
     pub startup_timeout_s: u64,
@@ -100,8 +104,57 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// One node process of the sandbox.
+struct SandboxNode {
+    name: String,
+    dir: PathBuf,
+    rpc_address: SocketAddr,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl SandboxNode {
+    fn start(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .map_err(|error| format!("{}: {error}", self.log_path.display()))?;
+        let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+        let child = Command::new(exe)
+            .arg("node")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|error| error.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|error| format!("cannot start {}: {error}", self.name))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// An error naming the node if its process has exited.
+    fn check_alive(&mut self) -> Result<(), String> {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "{} exited ({status}); log tail:\n{}",
+                    self.name,
+                    log_tail(&self.log_path)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Runs the sandbox until Ctrl-C or SIGTERM.
 pub fn run(args: SandboxArgs) -> Result<(), String> {
+    if args.nodes == 0 {
+        return Err("--nodes must be at least 1".to_owned());
+    }
     let workspace = absolute(&args.workspace)?;
     std::fs::create_dir_all(&workspace)
         .map_err(|error| format!("{}: {error}", workspace.display()))?;
@@ -112,41 +165,59 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
     for index in 0..USERS {
         make_identity(&workspace, &format!("user{index}"))?;
     }
-    let node_dir = workspace.join("node0");
-    std::fs::create_dir_all(&node_dir)
-        .map_err(|error| format!("{}: {error}", node_dir.display()))?;
-    let rpc_address: SocketAddr = ([127, 0, 0, 1], args.port).into();
     let service_cert_path = workspace.join("service_cert.pem");
-    let config = NodeFileConfig {
-        node_dir: node_dir.clone(),
-        rpc_address,
-        service_cert_out: Some(service_cert_path.clone()),
-        members: (0..MEMBERS)
-            .map(|i| workspace.join(format!("member{i}_cert.pem")))
-            .collect(),
-        users: (0..USERS)
-            .map(|i| workspace.join(format!("user{i}_cert.pem")))
-            .collect(),
-        signature_interval_txs: args.signature_interval_txs,
-        signature_interval_ms: args.signature_interval_ms,
-        chunk_bytes_max: args.chunk_bytes_max,
-        body_bytes_max: 1 << 20,
-        gov_request_window_s: 300,
-    };
-    let config_path = node_dir.join("config.json");
-    let text = serde_json::to_string_pretty(&config).map_err(|error| error.to_string())?;
-    std::fs::write(&config_path, text)
-        .map_err(|error| format!("{}: {error}", config_path.display()))?;
+    let first_address: SocketAddr = ([127, 0, 0, 1], args.port).into();
+    let mut nodes = Vec::new();
+    for index in 0..args.nodes {
+        let name = format!("node{index}");
+        let dir = workspace.join(&name);
+        std::fs::create_dir_all(&dir).map_err(|error| format!("{}: {error}", dir.display()))?;
+        let port = u16::try_from(usize::from(args.port) + index)
+            .map_err(|_| "--port + --nodes exceeds the port range".to_owned())?;
+        let rpc_address: SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = NodeFileConfig {
+            node_dir: dir.clone(),
+            rpc_address,
+            node_address: None,
+            mode: if index == 0 {
+                StartKind::Start
+            } else {
+                StartKind::Join
+            },
+            join: (index > 0).then(|| JoinConfig {
+                target: first_address,
+                service_cert: service_cert_path.clone(),
+                retry_interval_ms: 200,
+            }),
+            service_cert_out: (index == 0).then(|| service_cert_path.clone()),
+            members: (0..MEMBERS)
+                .map(|i| workspace.join(format!("member{i}_cert.pem")))
+                .collect(),
+            users: Vec::new(),
+            signature_interval_txs: args.signature_interval_txs,
+            signature_interval_ms: args.signature_interval_ms,
+            chunk_bytes_max: args.chunk_bytes_max,
+            body_bytes_max: 1 << 20,
+            gov_request_window_s: 300,
+        };
+        config.node_address()?;
+        let config_path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&config).map_err(|error| error.to_string())?;
+        std::fs::write(&config_path, text)
+            .map_err(|error| format!("{}: {error}", config_path.display()))?;
+        nodes.push(SandboxNode {
+            name,
+            log_path: dir.join("node.log"),
+            dir,
+            rpc_address,
+            config_path,
+            child: None,
+        });
+    }
     let _ = std::fs::remove_file(workspace.join("sandbox.json"));
 
-    let log_path = node_dir.join("node.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|error| format!("{}: {error}", log_path.display()))?;
-    // Signal handlers go in before the node starts, so that a SIGTERM or Ctrl-C at any moment
-    // stops the node too instead of killing the sandbox and orphaning it.
+    // Signal handlers go in before any node starts, so that a SIGTERM or Ctrl-C at any moment
+    // stops the nodes too instead of killing the sandbox and orphaning them.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -158,35 +229,61 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
         let interrupt = signal(SignalKind::interrupt()).map_err(|error| error.to_string())?;
         (terminate, interrupt)
     };
-    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
-    let mut child = Command::new(exe)
-        .arg("node")
-        .arg("--config")
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|error| error.to_string())?)
-        .stderr(log)
-        .spawn()
-        .map_err(|error| format!("cannot start node: {error}"))?;
     println!(
-        "{} node0 on {rpc_address} (workspace {})",
+        "{} {} node{} from {first_address} (workspace {})",
         if restarting { "Restarting" } else { "Starting" },
+        args.nodes,
+        if args.nodes == 1 { "" } else { "s" },
         workspace.display()
     );
-
+    let timeout_s = args.startup_timeout_s;
     let result = runtime.block_on(async {
-        let ready = wait_until_ready(&mut child, rpc_address, &service_cert_path, &log_path, args.startup_timeout_s);
-        let node_id = tokio::select! {
-            node_id = ready => node_id?,
+        let setup = async {
+            // Nodes that already belong to the network restart together (a majority must be up
+            // to elect a primary); new ones join one at a time once the service is open.
+            let member_of_network =
+                |node: &SandboxNode| node.dir.join("node_cert.pem").exists();
+            let known: Vec<bool> = nodes.iter().map(member_of_network).collect();
+            for (node, known) in nodes.iter_mut().zip(&known) {
+                if *known || node.name == "node0" {
+                    node.start()?;
+                }
+            }
+            let mut node_ids = Vec::new();
+            for (index, node) in nodes.iter_mut().enumerate() {
+                if known[index] || index == 0 {
+                    node_ids.push(wait_until_ready(node, &service_cert_path, timeout_s).await?);
+                } else {
+                    node_ids.push(String::new());
+                }
+            }
+            let primary = wait_for_primary(&mut nodes, &service_cert_path, timeout_s).await?;
+            open_service(&workspace, primary).await?;
+            for index in 1..nodes.len() {
+                if known[index] {
+                    continue;
+                }
+                nodes[index].start()?;
+                let primary = wait_for_primary(&mut nodes, &service_cert_path, timeout_s).await?;
+                trust_node(&workspace, primary, &mut nodes[index], timeout_s).await?;
+                node_ids[index] =
+                    wait_until_ready(&mut nodes[index], &service_cert_path, timeout_s).await?;
+            }
+            Ok::<Vec<String>, String>(node_ids)
+        };
+        let node_ids = tokio::select! {
+            ids = setup => ids?,
             _ = terminate_signal.recv() => return Ok(()),
             _ = interrupt_signal.recv() => return Ok(()),
         };
-        open_service(&workspace, rpc_address).await?;
-        write_sandbox_json(&workspace, &service_cert_path, &node_id, rpc_address, &node_dir)?;
+        write_sandbox_json(&workspace, &service_cert_path, &node_ids, &nodes)?;
         println!("Network is open. Service certificate: {}", service_cert_path.display());
-        println!("Try:\n  curl --cacert {ws}/service_cert.pem --cert {ws}/user0_cert.pem --key {ws}/user0_privk.pem -X PUT https://{rpc_address}/app/kv/hello --data-binary world",
+        for (node, id) in nodes.iter().zip(&node_ids) {
+            println!("  {} https://{} node_id {}", node.name, node.rpc_address, id);
+        }
+        println!("Try:\n  curl --cacert {ws}/service_cert.pem --cert {ws}/user0_cert.pem --key {ws}/user0_privk.pem -X PUT https://{first_address}/app/kv/hello --data-binary world",
             ws = workspace.display());
-        println!("  curl --cacert {ws}/service_cert.pem --cert {ws}/user0_cert.pem --key {ws}/user0_privk.pem https://{rpc_address}/app/kv/hello",
+        println!("  curl --cacert {ws}/service_cert.pem --cert {ws}/user0_cert.pem --key {ws}/user0_privk.pem https://{first_address}/app/kv/hello",
             ws = workspace.display());
         println!("Press Ctrl-C to stop.");
         loop {
@@ -194,24 +291,116 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
                 _ = interrupt_signal.recv() => return Ok(()),
                 _ = terminate_signal.recv() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    if let Ok(Some(status)) = child.try_wait() {
-                        return Err(format!("node0 exited ({status}); log tail:\n{}", log_tail(&log_path)));
+                    // A node that dies is reported, not fatal: the others carry on while a
+                    // majority is up (restart it with `charter node --config DIR/config.json`).
+                    for node in nodes.iter_mut() {
+                        if let Err(error) = node.check_alive() {
+                            eprintln!("warning: {error}");
+                            node.child = None;
+                        }
                     }
                 }
             }
         }
     });
-    terminate(&mut child);
+    for node in nodes.iter_mut() {
+        if let Some(child) = node.child.as_mut() {
+            terminate(child);
+        }
+    }
     println!(
-        "Sandbox stopped; ledger kept in {}",
-        node_dir.join("ledger").display()
+        "Sandbox stopped; ledgers kept in {}/node*/ledger",
+        workspace.display()
     );
     result
 }
 
-/// Opens a new service the way a consortium would: every member acknowledges the state, member0
-/// proposes adding the users and opening the service, and a majority votes for it.
-async fn open_service(workspace: &Path, address: SocketAddr) -> Result<(), String> {
+/// Client address of the node that is primary, once one is.
+async fn wait_for_primary(
+    nodes: &mut [SandboxNode],
+    service_cert_path: &Path,
+    timeout_s: u64,
+) -> Result<SocketAddr, String> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    let pem = std::fs::read_to_string(service_cert_path)
+        .map_err(|error| format!("{}: {error}", service_cert_path.display()))?;
+    let tls = charter_host::tls::client_config(&pem, None).map_err(|error| error.to_string())?;
+    loop {
+        for node in nodes.iter_mut() {
+            if node.child.is_none() {
+                continue;
+            }
+            node.check_alive()?;
+            if let Ok(mut client) =
+                charter_host::client::Client::connect(node.rpc_address, "127.0.0.1", tls.clone())
+                    .await
+            {
+                if let Ok(response) = client
+                    .request("GET", "/node/network", &[], Vec::new())
+                    .await
+                {
+                    if let Ok(json) = response.json() {
+                        if json["primary_id"].is_string() {
+                            return Ok(node.rpc_address);
+                        }
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no primary was elected within {timeout_s} s"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `node` asks to join, then has the members trust it by proposal and ballots.
+async fn trust_node(
+    workspace: &Path,
+    primary: SocketAddr,
+    node: &mut SandboxNode,
+    timeout_s: u64,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    let mut members = members(workspace, primary).await?;
+    let node_id = loop {
+        node.check_alive()?;
+        let listed = members[0].get("/node/network/nodes").await?;
+        let found = listed["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|entry| {
+                entry["rpc_address"] == node.rpc_address.to_string()
+                    && (entry["status"] == "Pending" || entry["status"] == "Trusted")
+            });
+        if let Some(entry) = found {
+            if entry["status"] == "Trusted" {
+                return Ok(());
+            }
+            break entry["node_id"].as_str().unwrap_or_default().to_owned();
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not ask to join within {timeout_s} s; log tail:\n{}",
+                node.name,
+                log_tail(&node.log_path)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let proposal = serde_json::json!({"actions": [
+        {"name": "transition_node_to_trusted", "args": {"node_id": node_id}}
+    ]})
+    .to_string();
+    pass(&mut members, &proposal).await
+}
+
+/// Connects every sandbox member to `address`.
+async fn members(
+    workspace: &Path,
+    address: SocketAddr,
+) -> Result<Vec<crate::gov::GovClient>, String> {
     let read = |name: String| {
         let path = workspace.join(&name);
         std::fs::read_to_string(&path).map_err(|error| format!("{}: {error}", path.display()))
@@ -223,6 +412,45 @@ async fn open_service(workspace: &Path, address: SocketAddr) -> Result<(), Strin
         let key = read(format!("member{index}_privk.pem"))?;
         members.push(crate::gov::GovClient::connect_to(address, &service, &cert, &key).await?);
     }
+    Ok(members)
+}
+
+/// member0 proposes `proposal`; members vote for it until it is accepted.
+async fn pass(members: &mut [crate::gov::GovClient], proposal: &str) -> Result<(), String> {
+    let created = members[0]
+        .propose(proposal.as_bytes())
+        .await
+        .map_err(|error| format!("proposal failed: {error}"))?;
+    let id = created["proposalId"]
+        .as_str()
+        .ok_or("the proposal has no ID")?
+        .to_owned();
+    let majority = MEMBERS / 2 + 1;
+    let mut state = created["proposalState"].clone();
+    for member in members.iter_mut().take(majority) {
+        if state != "Open" {
+            break;
+        }
+        let voted = member
+            .vote(&id, crate::gov::ACCEPT_BALLOT)
+            .await
+            .map_err(|error| format!("ballot failed: {error}"))?;
+        state = voted["proposalState"].clone();
+    }
+    if state != "Accepted" {
+        return Err(format!("proposal {id} ended {state}"));
+    }
+    Ok(())
+}
+
+/// Opens a new service the way a consortium would: every member acknowledges the state, member0
+/// proposes adding the users and opening the service, and a majority votes for it.
+async fn open_service(workspace: &Path, address: SocketAddr) -> Result<(), String> {
+    let read = |name: String| {
+        let path = workspace.join(&name);
+        std::fs::read_to_string(&path).map_err(|error| format!("{}: {error}", path.display()))
+    };
+    let mut members = members(workspace, address).await?;
     let info = members[0].get("/gov/service/info").await?;
     if info["status"] == "Open" {
         return Ok(());
@@ -257,58 +485,32 @@ async fn open_service(workspace: &Path, address: SocketAddr) -> Result<(), Strin
     }
     actions.push(serde_json::json!({"name": "transition_service_to_open", "args": {}}));
     let proposal = serde_json::json!({ "actions": actions }).to_string();
-    let created = members[0]
-        .propose(proposal.as_bytes())
+    pass(&mut members, &proposal)
         .await
-        .map_err(|error| format!("proposal failed: {error}"))?;
-    let id = created["proposalId"]
-        .as_str()
-        .ok_or("the proposal has no ID")?
-        .to_owned();
-    let majority = MEMBERS / 2 + 1;
-    let mut state = created["proposalState"].clone();
-    for member in members.iter_mut().take(majority) {
-        if state != "Open" {
-            break;
-        }
-        let voted = member
-            .vote(&id, crate::gov::ACCEPT_BALLOT)
-            .await
-            .map_err(|error| format!("ballot failed: {error}"))?;
-        state = voted["proposalState"].clone();
-    }
-    if state != "Accepted" {
-        return Err(format!("the proposal to open the service ended {state}"));
-    }
-    Ok(())
+        .map_err(|error| format!("opening the service: {error}"))
 }
 
+/// Waits until `node` serves clients; returns its node ID.
 async fn wait_until_ready(
-    child: &mut Child,
-    address: SocketAddr,
+    node: &mut SandboxNode,
     service_cert_path: &Path,
-    log_path: &Path,
     timeout_s: u64,
 ) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(timeout_s);
     charter_host::tls::install_crypto_provider();
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "node0 exited during start-up ({status}); log tail:\n{}",
-                log_tail(log_path)
-            ));
-        }
+        node.check_alive()?;
         if Instant::now() > deadline {
             return Err(format!(
-                "node0 did not answer within {timeout_s} s; log tail:\n{}",
-                log_tail(log_path)
+                "{} did not answer within {timeout_s} s; log tail:\n{}",
+                node.name,
+                log_tail(&node.log_path)
             ));
         }
         if let Ok(pem) = std::fs::read_to_string(service_cert_path) {
             if let Ok(tls) = charter_host::tls::client_config(&pem, None) {
                 if let Ok(mut client) =
-                    charter_host::client::Client::connect(address, "127.0.0.1", tls).await
+                    charter_host::client::Client::connect(node.rpc_address, "127.0.0.1", tls).await
                 {
                     if let Ok(response) =
                         client.request("GET", "/node/state", &[], Vec::new()).await
@@ -331,9 +533,8 @@ async fn wait_until_ready(
 fn write_sandbox_json(
     workspace: &Path,
     service_cert: &Path,
-    node_id: &str,
-    address: SocketAddr,
-    node_dir: &Path,
+    node_ids: &[String],
+    nodes: &[SandboxNode],
 ) -> Result<(), String> {
     let identity = |name: String| -> Result<serde_json::Value, String> {
         let cert_path = workspace.join(format!("{name}_cert.pem"));
@@ -354,7 +555,13 @@ fn write_sandbox_json(
         .collect::<Result<Vec<_>, _>>()?;
     let json = serde_json::json!({
         "service_cert": service_cert,
-        "nodes": [{"node_id": node_id, "rpc_address": address.to_string(), "dir": node_dir}],
+        "nodes": nodes.iter().zip(node_ids).map(|(node, id)| serde_json::json!({
+            "name": node.name,
+            "node_id": id,
+            "rpc_address": node.rpc_address.to_string(),
+            "dir": node.dir,
+            "pid": node.child.as_ref().map(Child::id),
+        })).collect::<Vec<_>>(),
         "members": members,
         "users": users,
     });

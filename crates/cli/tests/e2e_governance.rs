@@ -52,6 +52,8 @@ impl Sandbox {
             let child = Command::new(env!("CARGO_BIN_EXE_charter"))
                 .args([
                     "sandbox",
+                    "--nodes",
+                    "1",
                     "--workspace",
                     path_str(workspace),
                     "--port",

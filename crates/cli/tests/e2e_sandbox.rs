@@ -53,6 +53,8 @@ impl Sandbox {
             let child = Command::new(env!("CARGO_BIN_EXE_charter"))
                 .args([
                     "sandbox",
+                    "--nodes",
+                    "1",
                     "--workspace",
                     path_str(workspace),
                     "--port",
@@ -1022,6 +1024,8 @@ fn sigterm_during_start_up_stops_the_node() {
     let child = Command::new(env!("CARGO_BIN_EXE_charter"))
         .args([
             "sandbox",
+            "--nodes",
+            "1",
             "--workspace",
             path_str(&workspace),
             "--port",

@@ -229,6 +229,7 @@ fn write_ledger(ids: &Identities, dir: &Path) {
         cert: ids.node_cert.to_pem(),
         status: NodeStatus::Trusted,
         rpc_address: "127.0.0.1:8000".into(),
+        node_address: None,
         evidence: None,
     };
     let service = ServiceInfo {

@@ -331,9 +331,33 @@ impl Consensus {
         });
         single.node_id = raft_id;
         let mut change = ConfChangeV2::default();
-        change.set_transition(ConfChangeTransition::Auto);
+        // Joint consensus (C_old,new, then C_new) even for a single change, leaving the
+        // joint configuration automatically once it commits.
+        change.set_transition(ConfChangeTransition::Implicit);
         change.set_changes(vec![single].into());
         self.node.propose_conf_change(Vec::new(), change)?;
+        Ok(())
+    }
+
+    /// Gives a node that joined with no configuration the network's initial voters, which it
+    /// learns from the first ledger entry; the configuration changes in its log then apply on
+    /// top of them as they did on every other node. Does nothing once the node has voters.
+    ///
+    /// # Errors
+    /// [`ConsensusError::Raft`] if raft-rs refuses the change.
+    pub fn adopt_initial_voters(&mut self, voters: &[u64]) -> Result<(), ConsensusError> {
+        if !self.voters().is_empty() {
+            return Ok(());
+        }
+        for voter in voters {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(ConfChangeType::AddNode);
+            single.node_id = *voter;
+            let mut change = ConfChangeV2::default();
+            change.set_changes(vec![single].into());
+            let conf_state = self.node.apply_conf_change(&change)?;
+            self.node.mut_store().wl().set_conf_state(conf_state);
+        }
         Ok(())
     }
 

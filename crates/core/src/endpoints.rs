@@ -231,6 +231,7 @@ fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
                         "node_id": id,
                         "status": info.status,
                         "rpc_address": info.rpc_address,
+                        "node_address": info.node_address,
                         "primary": primary == Some(crate::raft_id(id)),
                     }))
                 })

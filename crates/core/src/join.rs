@@ -26,7 +26,13 @@ struct JoinRequest {
     evidence: Evidence,
     /// Address it serves clients on.
     rpc_address: String,
+    /// Address of its node-to-node channel.
+    #[serde(default)]
+    node_address: Option<String>,
 }
+
+/// Days a node certificate endorsed at join is valid for.
+pub const ENDORSED_CERT_DAYS: u32 = 3_650;
 
 fn keys(tx: &mut Tx, map: &str) -> Vec<String> {
     tx.scan_prefix(map, b"", None, 10_000)
@@ -83,10 +89,17 @@ pub(crate) fn handle(
         .get(NODES_MAP, node_id.as_bytes())
         .and_then(|bytes| serde_json::from_slice::<NodeInfo>(&bytes).ok())
     {
-        return Ok(Response::json(
-            200,
-            &json!({"node_id": node_id, "node_status": existing.status}),
-        ));
+        return Ok(match existing.status {
+            NodeStatus::Pending => {
+                Response::json(200, &json!({"node_id": node_id, "node_status": "Pending"}))
+            }
+            NodeStatus::Retired => Response::error(
+                403,
+                "NodeRetired",
+                format!("node {node_id} was retired from the service and cannot join again"),
+            ),
+            NodeStatus::Trusted => trusted_response(node, &node_id, &key, &join),
+        });
     }
     let platforms: Vec<Platform> = keys(&mut tx, TEE_MANIFEST_MAP)
         .iter()
@@ -118,6 +131,7 @@ pub(crate) fn handle(
         cert: join.certificate,
         status: NodeStatus::Pending,
         rpc_address: join.rpc_address,
+        node_address: join.node_address,
         evidence: serde_json::to_value(&join.evidence).ok(),
     };
     let value = serde_json::to_vec(&info).expect("node info serializes");
@@ -129,5 +143,74 @@ pub(crate) fn handle(
     Ok(
         Response::json(200, &json!({"node_id": node_id, "node_status": "Pending"}))
             .with_header("x-ms-ccf-transaction-id", tx_id.to_string()),
+    )
+}
+
+/// What a trusted node receives when it asks again: its certificate endorsed by the service,
+/// the service identity and the ledger secret, and the nodes to talk to. The TLS channel is
+/// authenticated both ways (the service certificate on this side, the node's own key on the
+/// other), so only the node governance trusted learns the secrets.
+fn trusted_response(
+    node: &Node,
+    node_id: &str,
+    key: &charter_crypto::VerifyingKey,
+    join: &JoinRequest,
+) -> Response {
+    let Some(service_key) = node.service_key() else {
+        return Response::error(
+            503,
+            "ServiceKeyUnavailable",
+            "this node does not hold the service key; ask another node",
+        );
+    };
+    let mut names = Vec::new();
+    if let Ok(address) = join.rpc_address.parse::<std::net::SocketAddr>() {
+        names.push(address.ip().to_string());
+    }
+    names.push("localhost".to_owned());
+    let spec = charter_crypto::CertificateSpec {
+        common_name: "Charter node",
+        is_ca: false,
+        subject_alt_names: &names,
+        validity: charter_crypto::Validity {
+            not_before_unix: i64::try_from(node.unix_time_s()).unwrap_or(i64::MAX) - 86_400,
+            days: ENDORSED_CERT_DAYS,
+        },
+    };
+    let endorsed = match Certificate::issue(key, &spec, service_key, node.service_cert()) {
+        Ok(cert) => cert,
+        Err(error) => {
+            return Response::error(
+                500,
+                "InternalError",
+                format!("cannot endorse the node certificate: {error}"),
+            )
+        }
+    };
+    let nodes: Vec<serde_json::Value> = node
+        .nodes()
+        .into_iter()
+        .filter(|(id, info)| info.status == NodeStatus::Trusted && id != node_id)
+        .map(|(id, info)| {
+            json!({
+                "node_id": id,
+                "rpc_address": info.rpc_address,
+                "node_address": info.node_address,
+            })
+        })
+        .collect();
+    Response::json(
+        200,
+        &json!({
+            "node_id": node_id,
+            "node_status": "Trusted",
+            "network": {
+                "endorsed_certificate": endorsed.to_pem(),
+                "service_certificate": node.service_cert().to_pem(),
+                "service_key": service_key.to_pem(),
+                "ledger_secret": hex::encode(node.ledger_secret().as_bytes()),
+                "nodes": nodes,
+            }
+        }),
     )
 }

@@ -86,6 +86,18 @@ pub enum Action {
         /// The message.
         bytes: Vec<u8>,
     },
+    /// Hand a client request this node cannot serve (a write on a follower) to the primary
+    /// with Raft ID `to` over the node channel; the primary's answer goes to the client as if
+    /// the primary had been asked. The host answers `id` itself (with an error if the primary
+    /// does not answer in time).
+    Forward {
+        /// The request being forwarded.
+        id: RequestId,
+        /// The primary's Raft ID.
+        to: u64,
+        /// The request, caller certificate included.
+        request: Request,
+    },
     /// Read the entries `from_seqno..=to_seqno` back from the ledger files and return them
     /// with [`Input::EntriesRead`] (historical queries).
     ReadEntries {
@@ -158,6 +170,12 @@ pub struct NodeConfig {
     pub seed: u64,
     /// Address clients use for this node, recorded in the nodes table.
     pub rpc_address: String,
+    /// Address of this node's node-to-node channel, recorded in the nodes table.
+    pub node_address: String,
+    /// The service identity's private key, held by every trusted node so that whichever is
+    /// primary can endorse the certificate of a node governance admits. `None` on nodes that
+    /// never answer join requests (tests).
+    pub service_key: Option<SigningKey>,
     /// This node's attestation evidence (JSON of `charter_attest::Evidence`).
     pub evidence: charter_attest::Evidence,
     /// Signed governance requests must be created within this many seconds of the node's time.
@@ -187,6 +205,8 @@ impl NodeConfig {
             raft_tick_ms: 50,
             seed: 0,
             rpc_address: String::new(),
+            node_address: String::new(),
+            service_key: None,
         }
     }
 }
@@ -262,6 +282,8 @@ pub struct Node {
     historical: HistoricalCache,
     /// Sequence of sync tokens handed to the host.
     pending_syncs: HashMap<u64, ()>,
+    /// Changes whenever the nodes table may have changed (hosts refresh their peers then).
+    nodes_version: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -319,6 +341,7 @@ impl Node {
             apps: Vec::new(),
             historical: HistoricalCache::default(),
             pending_syncs: HashMap::new(),
+            nodes_version: 0,
             config,
         };
         let mut restored = node.replay(restored, out)?;
@@ -405,6 +428,33 @@ impl Node {
             .commit
             .min(restored.entries.len() as u64);
         Ok(restored)
+    }
+
+    /// A number that changes whenever the nodes table may have changed.
+    pub fn nodes_version(&self) -> u64 {
+        self.nodes_version
+    }
+
+    /// Every node of the nodes table with its record (unparseable records skipped).
+    pub fn nodes(&self) -> Vec<(String, NodeInfo)> {
+        self.store
+            .entries(NODES_MAP)
+            .filter_map(|(key, value)| {
+                let id = std::str::from_utf8(key).ok()?;
+                let info = serde_json::from_slice::<NodeInfo>(value).ok()?;
+                Some((id.to_owned(), info))
+            })
+            .collect()
+    }
+
+    /// The service identity's private key, if this node holds it.
+    pub(crate) fn service_key(&self) -> Option<&SigningKey> {
+        self.config.service_key.as_ref()
+    }
+
+    /// The ledger secret.
+    pub(crate) fn ledger_secret(&self) -> &LedgerSecret {
+        &self.config.ledger_secret
     }
 
     /// This node's ID (hex SHA-256 of its public key).
@@ -586,6 +636,10 @@ impl Node {
                 self.drain_consensus(out)?;
             }
             Input::Client { id, request } => {
+                if let Some(to) = self.forward_target(&request) {
+                    out.push(Action::Forward { id, to, request });
+                    return Ok(());
+                }
                 let response = self.handle_request(&request, out)?;
                 out.push(Action::Respond { id, response });
                 if self.unsigned_txs >= self.config.signature_interval_txs {
@@ -613,6 +667,20 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// The primary to forward `request` to: writes (anything but `GET`) reaching a follower
+    /// that knows the primary, unless the request was forwarded once already.
+    fn forward_target(&self, request: &Request) -> Option<u64> {
+        if request.method == crate::api::Method::Get
+            || self.consensus.is_leader()
+            || request.header(FORWARDED_HEADER).is_some()
+        {
+            return None;
+        }
+        self.consensus
+            .leader_id()
+            .filter(|leader| *leader != self.raft_id && *leader != 0)
     }
 
     fn signature_due(&self) -> bool {
@@ -760,6 +828,16 @@ impl Node {
         });
         if !write_set.is_empty() {
             let service_changed = write_set.maps.contains_key(SERVICE_MAP);
+            if write_set.maps.contains_key(NODES_MAP) {
+                self.nodes_version += 1;
+            }
+            if let Some(Some(voters)) = write_set.get(RAFT_MAP, GENESIS_VOTERS_KEY) {
+                // A joining node starts without a configuration: the genesis entry gives it the
+                // one the log's configuration changes start from.
+                let voters: Vec<u64> =
+                    serde_json::from_slice(voters).map_err(|error| bad(error.to_string()))?;
+                self.consensus.adopt_initial_voters(&voters)?;
+            }
             self.store.apply(&write_set, entry.seqno);
             if service_changed {
                 self.refresh_service_status();
@@ -827,6 +905,7 @@ impl Node {
         };
         let _ = self.rollback_points.split_off(&(seqno + 1));
         self.refresh_service_status();
+        self.nodes_version += 1;
         self.tree.truncate(seqno);
         self.leaves.truncate(seqno as usize);
         let _ = self.signatures.split_off(&(seqno + 1));
@@ -971,6 +1050,7 @@ impl Node {
             cert: self.config.node_cert.to_pem(),
             status: NodeStatus::Trusted,
             rpc_address: self.config.rpc_address.clone(),
+            node_address: Some(self.config.node_address.clone()).filter(|a| !a.is_empty()),
             evidence: Some(
                 serde_json::to_value(&self.config.evidence).expect("evidence serializes"),
             ),
@@ -1164,6 +1244,10 @@ impl Node {
         crate::endpoints::handle(self, request, out)
     }
 }
+
+/// Header the host adds to a request another node forwarded; such a request is never forwarded
+/// again (a node that is no longer primary answers it with 503 instead).
+pub const FORWARDED_HEADER: &str = "x-charter-forwarded-by";
 
 /// The Raft configuration the network started with, under [`GENESIS_VOTERS_KEY`]: a JSON list of
 /// Raft IDs.

@@ -3,6 +3,8 @@
 pub mod client;
 pub mod files;
 pub mod http;
+pub mod join;
 pub mod node;
 pub mod peers;
 pub mod tls;
+pub mod wire;

@@ -1,21 +1,38 @@
-//! Runs one node: identity files, ledger files, the core's event loop and the HTTPS listener.
+//! Runs one node: identity files, ledger files, the core's event loop, the node-to-node
+//! channels and the HTTPS listener.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use charter_core::{
-    Action, HardStateRecord, Input, Node, NodeConfig, Request, RequestId, Response, Restored,
-    StartMode,
+    raft_id, Action, HardStateRecord, Input, Node, NodeConfig, Request, RequestId, Response,
+    Restored, StartMode, FORWARDED_HEADER,
 };
 use charter_crypto::{Certificate, CertificateSpec, LedgerSecret, SigningKey, Validity};
+use charter_ledger::NodeStatus;
 use serde::{Deserialize, Serialize};
 
 use crate::files::LedgerFiles;
 use crate::http::{Handler, HttpLimits};
+use crate::join::{BootstrapPeer, JoinConfig};
+use crate::peers::{PeerIdentity, Peers, TrustFn};
+use crate::wire::PeerMessage;
+
+/// How a node with an empty node directory starts; a node whose directory holds an identity
+/// and a ledger always restarts from them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartKind {
+    /// Start a new network (genesis) with the configured members.
+    #[default]
+    Start,
+    /// Join the network named by `join`.
+    Join,
+}
 
 /// A node's configuration file (`charter node --config FILE`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -25,6 +42,15 @@ pub struct NodeFileConfig {
     pub node_dir: PathBuf,
     /// Address to serve clients on, e.g. `127.0.0.1:8000`.
     pub rpc_address: SocketAddr,
+    /// Address of the node-to-node channel (default: the client address's port + 1000).
+    #[serde(default)]
+    pub node_address: Option<SocketAddr>,
+    /// `start` (a new network) or `join` (an existing one, see `join`).
+    #[serde(default)]
+    pub mode: StartKind,
+    /// Where to join, for `mode: join`.
+    #[serde(default)]
+    pub join: Option<JoinConfig>,
     /// Where to write (at genesis) the service certificate for clients.
     pub service_cert_out: Option<PathBuf>,
     /// For a new network: certificates of the initial members and users. Ignored on restart.
@@ -51,6 +77,24 @@ pub struct NodeFileConfig {
     pub gov_request_window_s: u64,
 }
 
+impl NodeFileConfig {
+    /// The node-channel address: the configured one, or the client port + 1000.
+    ///
+    /// # Errors
+    /// If no address is configured and the client port is above 64535.
+    pub fn node_address(&self) -> Result<SocketAddr, NodeError> {
+        if let Some(address) = self.node_address {
+            return Ok(address);
+        }
+        let port = self
+            .rpc_address
+            .port()
+            .checked_add(1_000)
+            .ok_or("set node_address: the client port + 1000 is not a port")?;
+        Ok(SocketAddr::new(self.rpc_address.ip(), port))
+    }
+}
+
 fn default_gov_window() -> u64 {
     300
 }
@@ -72,6 +116,10 @@ fn default_body_bytes() -> usize {
 pub type NodeError = String;
 
 const TICK_MS: u64 = 10;
+/// How long a follower waits for the primary to answer a forwarded request.
+const FORWARD_TIMEOUT_MS: u64 = 10_000;
+/// File (in the node directory) naming the nodes a joined node first talks to.
+const BOOTSTRAP_PEERS_FILE: &str = "bootstrap_peers.json";
 /// Inputs the core takes in one batch before it writes and syncs.
 const BATCH_INPUTS_MAX: usize = 4_096;
 
@@ -79,6 +127,7 @@ struct Identity {
     node_key: SigningKey,
     node_cert: Certificate,
     service_cert: Certificate,
+    service_key: SigningKey,
     ledger_secret: LedgerSecret,
 }
 
@@ -109,6 +158,7 @@ fn now_unix() -> i64 {
 /// Creates (at genesis) or loads (on restart) the node's keys, certificates and sealed ledger
 /// secret. On the `virtual` platform "sealed" means a 0600 file in the node directory.
 fn identity(config: &NodeFileConfig, genesis: bool) -> Result<Identity, NodeError> {
+    let names = vec![config.rpc_address.ip().to_string(), "localhost".to_owned()];
     let dir = &config.node_dir;
     let sealed = dir.join("sealed");
     if genesis {
@@ -129,8 +179,6 @@ fn identity(config: &NodeFileConfig, genesis: bool) -> Result<Identity, NodeErro
         let service_cert =
             Certificate::self_signed(&service_key, &spec).map_err(|error| error.to_string())?;
         let node_key = SigningKey::generate(&mut rng);
-        let mut names = vec![config.rpc_address.ip().to_string(), "localhost".to_owned()];
-        names.dedup();
         let spec = CertificateSpec {
             common_name: "Charter node",
             is_ca: false,
@@ -159,6 +207,7 @@ fn identity(config: &NodeFileConfig, genesis: bool) -> Result<Identity, NodeErro
             node_key,
             node_cert,
             service_cert,
+            service_key,
             ledger_secret,
         })
     } else {
@@ -173,18 +222,199 @@ fn identity(config: &NodeFileConfig, genesis: bool) -> Result<Identity, NodeErro
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or("sealed ledger secret is damaged")?;
+        let service_key = SigningKey::from_pem(&read(&sealed.join("service_privk.pem"))?)
+            .map_err(|error| format!("sealed service key: {error}"))?;
         Ok(Identity {
             node_key,
             node_cert,
             service_cert,
+            service_key,
             ledger_secret: LedgerSecret::from_bytes(secret),
         })
     }
 }
 
+/// Joins the network `config.join` names, then keeps what it receives as this node's identity.
+/// The node key is written first, so that a node restarted while governance decides asks again
+/// with the same key.
+fn join_identity(
+    config: &NodeFileConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<Identity, NodeError> {
+    let join = config
+        .join
+        .as_ref()
+        .ok_or("mode \"join\" needs a \"join\" section (target, service_cert)")?;
+    let dir = &config.node_dir;
+    let sealed = dir.join("sealed");
+    std::fs::create_dir_all(&sealed).map_err(|error| format!("{}: {error}", sealed.display()))?;
+    let key_path = dir.join("node_privk.pem");
+    let node_key = if key_path.exists() {
+        SigningKey::from_pem(&read(&key_path)?).map_err(|error| error.to_string())?
+    } else {
+        let key = SigningKey::generate(&mut rand_core::OsRng);
+        write_private(&key_path, &key.to_pem())?;
+        key
+    };
+    let names = vec![config.rpc_address.ip().to_string(), "localhost".to_owned()];
+    let spec = CertificateSpec {
+        common_name: "Charter node (joining)",
+        is_ca: false,
+        subject_alt_names: &names,
+        validity: Validity {
+            not_before_unix: now_unix() - 86_400,
+            days: 30,
+        },
+    };
+    let self_signed =
+        Certificate::self_signed(&node_key, &spec).map_err(|error| error.to_string())?;
+    let evidence = own_evidence(&node_key)?;
+    let request = serde_json::json!({
+        "certificate": self_signed.to_pem(),
+        "evidence": evidence,
+        "rpc_address": config.rpc_address.to_string(),
+        "node_address": config.node_address()?.to_string(),
+    });
+    tracing::info!(
+        node_id = %node_key.verifying_key().id_hex(),
+        target = %join.target,
+        "asking to join the network"
+    );
+    let key_pem = node_key.to_pem();
+    let cert_pem = self_signed.to_pem();
+    let admission = runtime.block_on(async {
+        tokio::select! {
+            admitted = crate::join::request_admission(join, &request, (&cert_pem, &key_pem), &node_key) => admitted,
+            _ = tokio::signal::ctrl_c() => Err("interrupted while joining".to_owned()),
+        }
+    })?;
+    tracing::info!("trusted by the network; received the service identity and ledger secret");
+    write_private(
+        &sealed.join("service_privk.pem"),
+        &admission.service_key.to_pem(),
+    )?;
+    write_private(
+        &sealed.join("ledger_secret"),
+        &hex::encode(admission.ledger_secret.as_bytes()),
+    )?;
+    let peers = serde_json::to_string_pretty(&admission.peers).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(BOOTSTRAP_PEERS_FILE), peers).map_err(|error| error.to_string())?;
+    std::fs::write(
+        dir.join("service_cert.pem"),
+        admission.service_cert.to_pem(),
+    )
+    .map_err(|error| error.to_string())?;
+    // Written last: its presence marks a complete identity.
+    std::fs::write(dir.join("node_cert.pem"), admission.endorsed_cert.to_pem())
+        .map_err(|error| error.to_string())?;
+    Ok(Identity {
+        node_key,
+        node_cert: admission.endorsed_cert,
+        service_cert: admission.service_cert,
+        service_key: admission.service_key,
+        ledger_secret: admission.ledger_secret,
+    })
+}
+
 enum HostMessage {
     Request(Request, tokio::sync::oneshot::Sender<Response>),
+    Peer { from: String, bytes: Vec<u8> },
     Shutdown,
+}
+
+/// Where the answer to a request the core handles goes.
+enum Reply {
+    /// A client of this node.
+    Local(tokio::sync::oneshot::Sender<Response>),
+    /// A request another node forwarded.
+    Remote { node_id: String, forward_id: u64 },
+}
+
+/// A request this node forwarded to the primary, waiting for its answer.
+struct Forwarded {
+    reply: tokio::sync::oneshot::Sender<Response>,
+    to: String,
+    since: Instant,
+}
+
+/// The node channels as the core loop uses them: who the peers are and which may connect.
+struct PeerBook {
+    peers: Peers,
+    own_id: String,
+    /// Node IDs allowed to connect, shared with the listener's trust check.
+    trusted: Arc<RwLock<HashSet<String>>>,
+    /// Node IDs by Raft ID.
+    by_raft_id: HashMap<u64, String>,
+    /// Nodes dialed now.
+    dialed: HashSet<String>,
+    /// What a joined node talks to before its nodes table arrives.
+    bootstrap: Vec<BootstrapPeer>,
+    /// (nodes table version, voters) last applied.
+    seen: Option<(u64, Vec<u64>)>,
+}
+
+impl PeerBook {
+    /// Keeps the dialed peers and the trusted set equal to the nodes the ledger says take part:
+    /// trusted nodes, and retired nodes until they have left the configuration.
+    fn refresh(&mut self, node: &Node) {
+        let voters = node.voters();
+        let version = (node.nodes_version(), voters.clone());
+        if self.seen.as_ref() == Some(&version) {
+            return;
+        }
+        let nodes = node.nodes();
+        let mut wanted: HashMap<String, Option<String>> = HashMap::new();
+        if nodes.is_empty() {
+            for peer in &self.bootstrap {
+                wanted.insert(peer.node_id.clone(), peer.node_address.clone());
+            }
+        } else {
+            let own_retired = nodes.iter().any(|(id, info)| {
+                id == &self.own_id
+                    && info.status == NodeStatus::Retired
+                    && !voters.contains(&raft_id(id))
+            });
+            for (id, info) in nodes {
+                let active = info.status == NodeStatus::Trusted
+                    || (info.status == NodeStatus::Retired && voters.contains(&raft_id(&id)));
+                if active && !own_retired {
+                    wanted.insert(id, info.node_address);
+                }
+            }
+            if own_retired && self.seen.is_some() {
+                tracing::warn!("this node is retired from the service; it no longer takes part");
+            }
+        }
+        wanted.remove(&self.own_id);
+        for (id, address) in &wanted {
+            self.by_raft_id.insert(raft_id(id), id.clone());
+            match address.as_deref().map(str::parse::<SocketAddr>) {
+                Some(Ok(address)) => {
+                    self.peers.set_peer(id, address);
+                    self.dialed.insert(id.clone());
+                }
+                Some(Err(_)) | None => {
+                    tracing::warn!(node = %id, "node has no usable node-channel address")
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .dialed
+            .iter()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.peers.remove_peer(&id);
+            self.dialed.remove(&id);
+        }
+        let trusted: HashSet<String> = wanted.into_keys().collect();
+        match self.trusted.write() {
+            Ok(mut guard) => *guard = trusted,
+            Err(poisoned) => *poisoned.into_inner() = trusted,
+        }
+        self.seen = Some(version);
+    }
 }
 
 struct CoreHandler {
@@ -236,15 +466,151 @@ fn own_evidence(node_key: &SigningKey) -> Result<charter_attest::Evidence, NodeE
 struct CoreLoop {
     node: Node,
     files: LedgerFiles,
-    pending: HashMap<RequestId, tokio::sync::oneshot::Sender<Response>>,
+    pending: HashMap<RequestId, Reply>,
     next_request: u64,
     hard_state: HardStateRecord,
     started: Instant,
+    book: PeerBook,
+    forwarded: HashMap<u64, Forwarded>,
+    next_forward: u64,
 }
 
 impl CoreLoop {
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn answer(&mut self, reply: Reply, response: Response) {
+        match reply {
+            Reply::Local(sender) => {
+                let _ = sender.send(response);
+            }
+            Reply::Remote {
+                node_id,
+                forward_id,
+            } => {
+                let message = PeerMessage::ForwardResponse {
+                    forward_id,
+                    response,
+                };
+                self.book.peers.send(&node_id, message.encode());
+            }
+        }
+    }
+
+    fn forward(&mut self, id: RequestId, to: u64, request: Request) {
+        let Some(reply) = self.pending.remove(&id) else {
+            return;
+        };
+        let target = self.book.by_raft_id.get(&to).cloned();
+        match (reply, target) {
+            (Reply::Local(reply), Some(node_id)) => {
+                self.next_forward += 1;
+                let forward_id = self.next_forward;
+                let message = PeerMessage::ForwardRequest {
+                    forward_id,
+                    request,
+                };
+                self.book.peers.send(&node_id, message.encode());
+                self.forwarded.insert(
+                    forward_id,
+                    Forwarded {
+                        reply,
+                        to: node_id,
+                        since: Instant::now(),
+                    },
+                );
+            }
+            (reply, _) => self.answer(
+                reply,
+                Response::error(
+                    503,
+                    "NotPrimary",
+                    "this node cannot reach the primary; retry, or ask another node",
+                )
+                .with_header("retry-after", "1"),
+            ),
+        }
+    }
+
+    /// Answers forwarded requests the primary has not answered in time.
+    fn expire_forwarded(&mut self) {
+        let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
+        let expired: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, forwarded)| forwarded.since.elapsed() >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(forwarded) = self.forwarded.remove(&id) {
+                let _ = forwarded.reply.send(Response::error(
+                    504,
+                    "ForwardTimeout",
+                    "the primary did not answer the forwarded request in time; it may or may not have been executed (check /node/tx)",
+                ));
+            }
+        }
+    }
+
+    fn peer_message(
+        &mut self,
+        from: String,
+        bytes: Vec<u8>,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), NodeError> {
+        match PeerMessage::decode(&bytes) {
+            Ok(PeerMessage::Raft(bytes)) => self
+                .node
+                .step(
+                    Input::Peer {
+                        from: raft_id(&from),
+                        bytes,
+                    },
+                    actions,
+                )
+                .map_err(|e| e.to_string()),
+            Ok(PeerMessage::ForwardRequest {
+                forward_id,
+                mut request,
+            }) => {
+                request
+                    .headers
+                    .push((FORWARDED_HEADER.to_owned(), from.clone()));
+                self.next_request += 1;
+                let id = RequestId(self.next_request);
+                self.pending.insert(
+                    id,
+                    Reply::Remote {
+                        node_id: from,
+                        forward_id,
+                    },
+                );
+                self.node
+                    .step(Input::Client { id, request }, actions)
+                    .map_err(|e| e.to_string())
+            }
+            Ok(PeerMessage::ForwardResponse {
+                forward_id,
+                response,
+            }) => {
+                // Only the node a request went to may answer it.
+                if self
+                    .forwarded
+                    .get(&forward_id)
+                    .is_some_and(|forwarded| forwarded.to == from)
+                {
+                    if let Some(forwarded) = self.forwarded.remove(&forward_id) {
+                        let _ = forwarded.reply.send(response);
+                    }
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(peer = %from, %error, "dropped a malformed node-channel message");
+                Ok(())
+            }
+        }
     }
 
     /// Carries out actions; syncs once per batch and feeds durability back. Bounded rounds.
@@ -256,9 +622,10 @@ impl CoreLoop {
                 match action {
                     Action::Respond { id, response } => {
                         if let Some(reply) = self.pending.remove(&id) {
-                            let _ = reply.send(response);
+                            self.answer(reply, response);
                         }
                     }
+                    Action::Forward { id, to, request } => self.forward(id, to, request),
                     Action::Append { seqno, bytes } => self
                         .files
                         .append(seqno, &bytes)
@@ -277,10 +644,13 @@ impl CoreLoop {
                         }
                         self.hard_state = state;
                     }
-                    Action::Send { .. } => {
-                        // A single-node network has no peers to send to; the node channels
-                        // (`peers`) carry these once nodes can join.
-                    }
+                    Action::Send { to, bytes } => match self.book.by_raft_id.get(&to) {
+                        Some(node_id) => self
+                            .book
+                            .peers
+                            .send(node_id, PeerMessage::Raft(bytes).encode()),
+                        None => tracing::debug!(to, "message for an unknown node dropped"),
+                    },
                     Action::ReadEntries {
                         from_seqno,
                         to_seqno,
@@ -307,6 +677,7 @@ impl CoreLoop {
             }
             let Some(token) = sync else {
                 if actions.is_empty() {
+                    self.book.refresh(&self.node);
                     return Ok(());
                 }
                 continue;
@@ -342,10 +713,13 @@ impl CoreLoop {
                         stop = true;
                         break;
                     }
+                    HostMessage::Peer { from, bytes } => {
+                        self.peer_message(from, bytes, &mut actions)?;
+                    }
                     HostMessage::Request(request, reply) => {
                         self.next_request += 1;
                         let id = RequestId(self.next_request);
-                        self.pending.insert(id, reply);
+                        self.pending.insert(id, Reply::Local(reply));
                         self.node
                             .step(Input::Client { id, request }, &mut actions)
                             .map_err(|e| e.to_string())?;
@@ -368,6 +742,7 @@ impl CoreLoop {
                         &mut actions,
                     )
                     .map_err(|e| e.to_string())?;
+                self.expire_forwarded();
                 next_tick = Instant::now() + tick;
             }
             self.perform(actions)?;
@@ -380,21 +755,58 @@ impl CoreLoop {
 }
 
 /// Starts a node from `config` and runs it until `shutdown` resolves.
+/// Starts a node from `config` and runs it until SIGTERM or Ctrl-C. `ready` is called with the
+/// service certificate once the node serves clients.
 ///
 /// # Errors
-/// A message naming what failed: unreadable configuration, keys or ledger, a port in use,
-/// or a fatal storage error while running.
+/// A message naming what failed: unreadable configuration, keys or ledger, a port in use, a
+/// refused join, or a fatal storage error while running.
 pub fn run_node(
     config: NodeFileConfig,
     ready: impl FnOnce(&Certificate) + Send,
 ) -> Result<(), NodeError> {
     crate::tls::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())?;
     let ledger_dir = config.node_dir.join("ledger");
     std::fs::create_dir_all(&ledger_dir)
         .map_err(|error| format!("{}: {error}", ledger_dir.display()))?;
+    let node_address = config.node_address()?;
     let (files, loaded) = LedgerFiles::open(&ledger_dir).map_err(|error| error.to_string())?;
-    let genesis = loaded.entries.is_empty() && !config.node_dir.join("node_privk.pem").exists();
-    let identity = identity(&config, genesis)?;
+    let has_identity = config.node_dir.join("node_cert.pem").exists()
+        && config.node_dir.join("node_privk.pem").exists();
+    let bootstrap_path = config.node_dir.join(BOOTSTRAP_PEERS_FILE);
+    let joined = bootstrap_path.exists();
+    let (identity, joining) = if has_identity {
+        (
+            identity(&config, false)?,
+            joined && loaded.entries.is_empty(),
+        )
+    } else {
+        match config.mode {
+            StartKind::Start => {
+                if !loaded.entries.is_empty() {
+                    return Err(format!(
+                        "{} holds a ledger but no node identity; restore node_privk.pem and node_cert.pem or use an empty directory",
+                        config.node_dir.display()
+                    ));
+                }
+                (identity(&config, true)?, false)
+            }
+            StartKind::Join => (join_identity(&config, &runtime)?, true),
+        }
+    };
+    let genesis = !has_identity && config.mode == StartKind::Start;
+    let bootstrap: Vec<BootstrapPeer> = if joined || joining {
+        let text = read(&bootstrap_path)?;
+        serde_json::from_str(&text)
+            .map_err(|error| format!("{}: {error}", bootstrap_path.display()))?
+    } else {
+        Vec::new()
+    };
     if loaded.torn_tail_bytes > 0 {
         tracing::warn!(
             bytes = loaded.torn_tail_bytes,
@@ -413,7 +825,11 @@ pub fn run_node(
     node_config.signature_interval_ms = config.signature_interval_ms.max(1);
     node_config.chunk_bytes_max = config.chunk_bytes_max;
     node_config.rpc_address = config.rpc_address.to_string();
+    node_config.node_address = node_address.to_string();
+    node_config.service_key = Some(identity.service_key.clone());
     node_config.gov_request_window_s = config.gov_request_window_s;
+    // Election timeouts differ between nodes even when they start together.
+    node_config.seed = charter_core::raft_id(&identity.node_key.verifying_key().id_hex());
     let mode = if genesis {
         let load = |paths: &[PathBuf]| -> Result<Vec<Certificate>, NodeError> {
             paths
@@ -432,6 +848,8 @@ pub fn run_node(
         StartMode::Genesis {
             members: load(&config.members)?,
         }
+    } else if joining {
+        StartMode::Join
     } else {
         StartMode::Restart(Restored {
             entries: loaded.entries,
@@ -443,6 +861,26 @@ pub fn run_node(
     for app in charter_apps::all() {
         node.register_app(app);
     }
+
+    // Node channels: only nodes the ledger trusts may connect.
+    let trusted: Arc<RwLock<HashSet<String>>> = Arc::default();
+    let trust: TrustFn = {
+        let trusted = Arc::clone(&trusted);
+        Arc::new(move |node_id: &str| match trusted.read() {
+            Ok(set) => set.contains(node_id),
+            Err(poisoned) => poisoned.into_inner().contains(node_id),
+        })
+    };
+    let (inbox, mut inbox_receiver) = tokio::sync::mpsc::channel(4_096);
+    let peer_identity = PeerIdentity {
+        node_cert_pem: identity.node_cert.to_pem(),
+        node_key_pem: identity.node_key.to_pem(),
+        service_cert_pem: identity.service_cert.to_pem(),
+    };
+    let peers = runtime
+        .block_on(Peers::start(peer_identity, node_address, trust, inbox))
+        .map_err(|error| format!("node channel on {node_address}: {error}"))?;
+    let own_id = peers.node_id().to_owned();
     let hard_state = loaded.hard_state;
     let mut core = CoreLoop {
         node,
@@ -451,6 +889,17 @@ pub fn run_node(
         next_request: 0,
         hard_state,
         started: Instant::now(),
+        book: PeerBook {
+            peers: peers.clone(),
+            own_id,
+            trusted,
+            by_raft_id: HashMap::new(),
+            dialed: HashSet::new(),
+            bootstrap,
+            seen: None,
+        },
+        forwarded: HashMap::new(),
+        next_forward: 0,
     };
     // A first tick gives the core the wall clock before any request arrives.
     core.node
@@ -463,6 +912,7 @@ pub fn run_node(
         )
         .map_err(|error| error.to_string())?;
     core.perform(actions)?;
+    core.book.refresh(&core.node);
     if let Some(path) = &config.service_cert_out {
         std::fs::write(path, identity.service_cert.to_pem())
             .map_err(|error| format!("{}: {error}", path.display()))?;
@@ -489,10 +939,18 @@ pub fn run_node(
             result
         })
         .map_err(|error| error.to_string())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    // Peer messages go to the core in order; a busy core slows the peers down (their TCP
+    // windows fill) instead of losing messages here.
+    let peer_sender = sender.clone();
+    std::thread::Builder::new()
+        .name("charter-peer-inbox".to_owned())
+        .spawn(move || {
+            while let Some((from, bytes)) = inbox_receiver.blocking_recv() {
+                if peer_sender.send(HostMessage::Peer { from, bytes }).is_err() {
+                    break;
+                }
+            }
+        })
         .map_err(|error| error.to_string())?;
     let limits = HttpLimits {
         body_bytes_max: config.body_bytes_max,
@@ -520,6 +978,7 @@ pub fn run_node(
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         Ok::<(), NodeError>(())
     });
+    peers.shutdown();
     let _ = sender.send(HostMessage::Shutdown);
     let core_result = core_thread
         .join()

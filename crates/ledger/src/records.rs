@@ -63,6 +63,9 @@ pub struct NodeInfo {
     pub status: NodeStatus,
     /// Address clients use to reach the node.
     pub rpc_address: String,
+    /// Address other nodes reach this node's node-to-node channel on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_address: Option<String>,
     /// The node's attestation evidence (JSON), as checked when it joined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<serde_json::Value>,

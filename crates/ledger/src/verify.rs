@@ -580,6 +580,7 @@ mod tests {
                 cert: node_cert.to_pem(),
                 status: NodeStatus::Trusted,
                 rpc_address: "127.0.0.1:8000".into(),
+                node_address: None,
                 evidence: None,
             };
             let service = ServiceInfo {

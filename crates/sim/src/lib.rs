@@ -286,6 +286,12 @@ impl SimNode {
                     }
                     Action::Send { to, bytes } => self.outbox.push((to, bytes)),
                     Action::Respond { id, response } => self.responses.push((id, response)),
+                    // This host has no node channel to forward on; the client sees what a
+                    // node without forwarding would answer.
+                    Action::Forward { id, .. } => self.responses.push((
+                        id,
+                        charter_core::Response::error(503, "NotPrimary", "not the primary"),
+                    )),
                     Action::CloseChunk { .. } => {}
                     Action::ReadEntries {
                         from_seqno,

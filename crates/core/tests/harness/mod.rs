@@ -252,6 +252,12 @@ impl Harness {
                     Action::SaveHardState(state) => self.hard_state = state,
                     Action::Sync { token } => sync = Some(token),
                     Action::Respond { id, response } => self.responses.push((id, response)),
+                    // This host has no node channel to forward on; the client sees what a
+                    // node without forwarding would answer.
+                    Action::Forward { id, .. } => self.responses.push((
+                        id,
+                        charter_core::Response::error(503, "NotPrimary", "not the primary"),
+                    )),
                     Action::CloseChunk { .. } => {}
                     Action::ReadEntries {
                         from_seqno,
