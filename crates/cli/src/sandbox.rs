@@ -268,6 +268,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
                 trust_node(&workspace, primary, &mut nodes[index], timeout_s).await?;
                 node_ids[index] =
                     wait_until_ready(&mut nodes[index], &service_cert_path, timeout_s).await?;
+                wait_caught_up(&mut nodes[index], primary, &service_cert_path, timeout_s).await?;
             }
             Ok::<Vec<String>, String>(node_ids)
         };
@@ -488,6 +489,48 @@ async fn open_service(workspace: &Path, address: SocketAddr) -> Result<(), Strin
     pass(&mut members, &proposal)
         .await
         .map_err(|error| format!("opening the service: {error}"))
+}
+
+/// Waits until `node` has committed everything the primary at `primary` had committed when
+/// the wait began, so that it serves the service's users and members at once.
+async fn wait_caught_up(
+    node: &mut SandboxNode,
+    primary: SocketAddr,
+    service_cert_path: &Path,
+    timeout_s: u64,
+) -> Result<(), String> {
+    let pem = std::fs::read_to_string(service_cert_path)
+        .map_err(|error| format!("{}: {error}", service_cert_path.display()))?;
+    let tls = charter_host::tls::client_config(&pem, None).map_err(|error| error.to_string())?;
+    let committed = |address: SocketAddr| {
+        let tls = tls.clone();
+        async move {
+            let mut client = charter_host::client::Client::connect(address, "127.0.0.1", tls)
+                .await
+                .ok()?;
+            let response = client
+                .request("GET", "/node/state", &[], Vec::new())
+                .await
+                .ok()?;
+            response.json().ok()?["last_committed_seqno"].as_u64()
+        }
+    };
+    let target = committed(primary).await.unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        node.check_alive()?;
+        if committed(node.rpc_address).await.unwrap_or(0) >= target {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not catch up with the primary within {timeout_s} s; log tail:\n{}",
+                node.name,
+                log_tail(&node.log_path)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `node` serves clients; returns its node ID.

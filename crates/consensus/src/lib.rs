@@ -305,11 +305,19 @@ impl Consensus {
     /// # Errors
     /// [`ConsensusError::NotLeader`] unless this node leads.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ConsensusError> {
-        if !self.is_leader() {
+        if !self.can_propose() {
             return Err(ConsensusError::NotLeader);
         }
         let (_, expected) = self.next_tx();
-        self.node.propose(Vec::new(), data)?;
+        self.node.propose(Vec::new(), data).map_err(|error| {
+            ConsensusError::MalformedMessage(format!(
+                "raft refused a proposal ({error}): leader {}, transferring to {:?}, voters {:?}, learners {:?}",
+                self.is_leader(),
+                self.node.raft.lead_transferee,
+                self.voters(),
+                self.learners()
+            ))
+        })?;
         assert_eq!(self.node.raft.raft_log.last_index(), expected);
         Ok(())
     }
@@ -320,15 +328,60 @@ impl Consensus {
     /// # Errors
     /// [`ConsensusError::NotLeader`], or raft's refusal (e.g. a change already pending).
     pub fn propose_voter_change(&mut self, raft_id: u64, add: bool) -> Result<(), ConsensusError> {
+        self.propose_change(
+            raft_id,
+            if add {
+                ConfChangeType::AddNode
+            } else {
+                ConfChangeType::RemoveNode
+            },
+        )
+    }
+
+    /// Proposes adding `raft_id` as a learner: it receives the log but does not vote, so a new
+    /// node catching up cannot cost the configuration its quorum. Promote it with
+    /// [`Consensus::propose_voter_change`] once it has caught up.
+    ///
+    /// # Errors
+    /// As [`Consensus::propose_voter_change`].
+    pub fn propose_learner(&mut self, raft_id: u64) -> Result<(), ConsensusError> {
+        self.propose_change(raft_id, ConfChangeType::AddLearnerNode)
+    }
+
+    /// Raft IDs of the current learners.
+    pub fn learners(&self) -> Vec<u64> {
+        let mut learners: Vec<u64> = self
+            .node
+            .raft
+            .prs()
+            .conf()
+            .learners()
+            .iter()
+            .copied()
+            .collect();
+        learners.sort_unstable();
+        learners
+    }
+
+    /// The highest seqno the leader knows `raft_id` holds (0 if unknown or not the leader).
+    pub fn matched(&self, raft_id: u64) -> u64 {
+        self.node
+            .raft
+            .prs()
+            .get(raft_id)
+            .map_or(0, |progress| progress.matched)
+    }
+
+    fn propose_change(
+        &mut self,
+        raft_id: u64,
+        change_type: ConfChangeType,
+    ) -> Result<(), ConsensusError> {
         if !self.is_leader() {
             return Err(ConsensusError::NotLeader);
         }
         let mut single = ConfChangeSingle::default();
-        single.set_change_type(if add {
-            ConfChangeType::AddNode
-        } else {
-            ConfChangeType::RemoveNode
-        });
+        single.set_change_type(change_type);
         single.node_id = raft_id;
         let mut change = ConfChangeV2::default();
         // Joint consensus (C_old,new, then C_new) even for a single change, leaving the
@@ -394,6 +447,14 @@ impl Consensus {
     pub fn transfer_leader(&mut self, raft_id: u64) {
         self.node.transfer_leader(raft_id);
         self.after_raft_call();
+    }
+
+    /// Whether this node can append proposals now: it leads, is part of the configuration and
+    /// is not handing leadership over.
+    pub fn can_propose(&self) -> bool {
+        self.is_leader()
+            && self.node.raft.lead_transferee.is_none()
+            && self.node.raft.prs().get(self.node.raft.id).is_some()
     }
 
     /// Whether this node is the leader.

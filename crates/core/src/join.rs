@@ -98,7 +98,7 @@ pub(crate) fn handle(
                 "NodeRetired",
                 format!("node {node_id} was retired from the service and cannot join again"),
             ),
-            NodeStatus::Trusted => trusted_response(node, &node_id, &key, &join),
+            NodeStatus::Trusted => trusted_response(node, &node_id, &key, &existing, &join, out)?,
         });
     }
     let platforms: Vec<Platform> = keys(&mut tx, TEE_MANIFEST_MAP)
@@ -150,19 +150,76 @@ pub(crate) fn handle(
 /// the service identity and the ledger secret, and the nodes to talk to. The TLS channel is
 /// authenticated both ways (the service certificate on this side, the node's own key on the
 /// other), so only the node governance trusted learns the secrets.
+///
+/// The endorsed certificate is first recorded in the nodes table (receipts and ledger
+/// verification name it), and handed over only once that record is committed; until then the
+/// answer is 202 and the node asks again.
 fn trusted_response(
-    node: &Node,
+    node: &mut Node,
     node_id: &str,
     key: &charter_crypto::VerifyingKey,
+    existing: &NodeInfo,
     join: &JoinRequest,
-) -> Response {
-    let Some(service_key) = node.service_key() else {
-        return Response::error(
+    out: &mut Vec<Action>,
+) -> Result<Response, CoreError> {
+    let Some(service_key) = node.service_key().cloned() else {
+        return Ok(Response::error(
             503,
             "ServiceKeyUnavailable",
             "this node does not hold the service key; ask another node",
-        );
+        ));
     };
+    let service_public = node.service_cert().public_key().ok();
+    let recorded = Certificate::from_pem(&existing.cert)
+        .ok()
+        .filter(|cert| service_public.is_some_and(|public| cert.verify_signed_by(&public).is_ok()));
+    let wait = || {
+        Response::json(
+            202,
+            &json!({"node_id": node_id, "node_status": "Trusted", "endorsement": "Pending"}),
+        )
+        .with_header("retry-after", "1")
+    };
+    let Some(endorsed) = recorded else {
+        if !node.is_primary() {
+            return Ok(
+                Response::error(503, "NotPrimary", "this node is not the primary")
+                    .with_header("retry-after", "1"),
+            );
+        }
+        let endorsed = match endorse(node, key, join, &service_key) {
+            Ok(cert) => cert,
+            Err(response) => return Ok(response),
+        };
+        let info = NodeInfo {
+            cert: endorsed.to_pem(),
+            ..existing.clone()
+        };
+        let value = serde_json::to_vec(&info).expect("node info serializes");
+        let mut tx = node.begin();
+        if let Err(error) = tx.try_put(NODES_MAP, node_id.as_bytes(), &value) {
+            return Ok(Response::error(400, "InvalidInput", error.to_string()));
+        }
+        node.write_transaction(EntryKind::Transaction, tx.into_write_set(), [0; 32], out)?;
+        return Ok(wait());
+    };
+    let written_at = node
+        .store()
+        .snapshot()
+        .key_version(NODES_MAP, node_id.as_bytes());
+    if written_at > node.commit_tx_id().seqno {
+        return Ok(wait());
+    }
+    Ok(network_response(node, node_id, &endorsed, &service_key))
+}
+
+/// The node's certificate for `key`, issued by the service identity.
+fn endorse(
+    node: &Node,
+    key: &charter_crypto::VerifyingKey,
+    join: &JoinRequest,
+    service_key: &charter_crypto::SigningKey,
+) -> Result<Certificate, Response> {
     let mut names = Vec::new();
     if let Ok(address) = join.rpc_address.parse::<std::net::SocketAddr>() {
         names.push(address.ip().to_string());
@@ -177,16 +234,22 @@ fn trusted_response(
             days: ENDORSED_CERT_DAYS,
         },
     };
-    let endorsed = match Certificate::issue(key, &spec, service_key, node.service_cert()) {
-        Ok(cert) => cert,
-        Err(error) => {
-            return Response::error(
-                500,
-                "InternalError",
-                format!("cannot endorse the node certificate: {error}"),
-            )
-        }
-    };
+    Certificate::issue(key, &spec, service_key, node.service_cert()).map_err(|error| {
+        Response::error(
+            500,
+            "InternalError",
+            format!("cannot endorse the node certificate: {error}"),
+        )
+    })
+}
+
+/// The secrets and peers a trusted node with a committed endorsement receives.
+fn network_response(
+    node: &Node,
+    node_id: &str,
+    endorsed: &Certificate,
+    service_key: &charter_crypto::SigningKey,
+) -> Response {
     let nodes: Vec<serde_json::Value> = node
         .nodes()
         .into_iter()

@@ -521,9 +521,9 @@ impl Node {
         self.consensus.voters()
     }
 
-    /// Whether this node is the primary.
+    /// Whether this node is the primary and can write (not handing leadership over).
     pub fn is_primary(&self) -> bool {
-        self.consensus.is_leader()
+        self.consensus.can_propose()
     }
 
     /// The store as of the last ingested entry.
@@ -636,9 +636,22 @@ impl Node {
                 self.drain_consensus(out)?;
             }
             Input::Client { id, request } => {
-                if let Some(to) = self.forward_target(&request) {
-                    out.push(Action::Forward { id, to, request });
-                    return Ok(());
+                match self.forward_target(&request) {
+                    Some(Forwarding::To(to)) => {
+                        out.push(Action::Forward { id, to, request });
+                        return Ok(());
+                    }
+                    Some(Forwarding::NoPrimary) => {
+                        let response = Response::error(
+                            503,
+                            "NotPrimary",
+                            "no primary is known to this node right now; retry shortly",
+                        )
+                        .with_header("retry-after", "1");
+                        out.push(Action::Respond { id, response });
+                        return Ok(());
+                    }
+                    None => {}
                 }
                 let response = self.handle_request(&request, out)?;
                 out.push(Action::Respond { id, response });
@@ -671,16 +684,26 @@ impl Node {
 
     /// The primary to forward `request` to: writes (anything but `GET`) reaching a follower
     /// that knows the primary, unless the request was forwarded once already.
-    fn forward_target(&self, request: &Request) -> Option<u64> {
+    fn forward_target(&self, request: &Request) -> Option<Forwarding> {
         if request.method == crate::api::Method::Get
             || self.consensus.is_leader()
             || request.header(FORWARDED_HEADER).is_some()
         {
             return None;
         }
-        self.consensus
+        match self
+            .consensus
             .leader_id()
             .filter(|leader| *leader != self.raft_id && *leader != 0)
+        {
+            Some(leader) => Some(Forwarding::To(leader)),
+            // A lone node with no primary (before its first election) answers itself; a
+            // replica that knows no primary cannot serve a write.
+            None if self.replicated || self.consensus.voters().is_empty() => {
+                Some(Forwarding::NoPrimary)
+            }
+            None => None,
+        }
     }
 
     fn signature_due(&self) -> bool {
@@ -817,7 +840,8 @@ impl Node {
             self.signatures.insert(entry.seqno, record);
             self.unsigned_txs = 0;
             self.unsigned_since_ms = None;
-        } else if decoded.kind == EntryKind::Transaction {
+        } else if decoded.kind == EntryKind::Transaction || decoded.kind == EntryKind::ConfChange {
+            // Configuration changes are covered by the next signature like transactions.
             self.unsigned_txs += 1;
             self.unsigned_since_ms.get_or_insert(self.now_ms);
         }
@@ -938,8 +962,26 @@ impl Node {
             }
         }
         let voters = self.consensus.voters();
-        if let Some(missing) = trusted.iter().find(|id| !voters.contains(id)) {
-            let _ = self.consensus.propose_voter_change(*missing, true);
+        let learners = self.consensus.learners();
+        // A trusted node first joins as a learner and becomes a voter once it holds everything
+        // committed, so that its catching up never costs the configuration its quorum.
+        if let Some(missing) = trusted
+            .iter()
+            .find(|id| !voters.contains(id) && !learners.contains(id))
+        {
+            let _ = self.consensus.propose_learner(*missing);
+            return Ok(());
+        }
+        let commit = self.consensus.commit_index();
+        if let Some(ready) = learners
+            .iter()
+            .find(|id| trusted.contains(id) && self.consensus.matched(**id) >= commit.max(1))
+        {
+            let _ = self.consensus.propose_voter_change(*ready, true);
+            return Ok(());
+        }
+        if let Some(stale) = learners.iter().find(|id| !trusted.contains(id)) {
+            let _ = self.consensus.propose_voter_change(*stale, false);
             return Ok(());
         }
         if let Some(extra) = voters.iter().find(|id| !trusted.contains(id)) {
@@ -1000,7 +1042,7 @@ impl Node {
 
     /// Appends a signature transaction over everything before it.
     fn emit_signature(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
-        if !self.consensus.is_leader() {
+        if !self.consensus.can_propose() {
             return Ok(());
         }
         let (view, seqno) = self.consensus.next_tx();
@@ -1243,6 +1285,14 @@ impl Node {
     ) -> Result<Response, CoreError> {
         crate::endpoints::handle(self, request, out)
     }
+}
+
+/// Where a write that reached a follower goes.
+enum Forwarding {
+    /// To the primary with this Raft ID.
+    To(u64),
+    /// Nowhere: no primary is known.
+    NoPrimary,
 }
 
 /// Header the host adds to a request another node forwarded; such a request is never forwarded

@@ -275,3 +275,71 @@ fn operators_see_nodes_consensus_progress_and_metrics() {
         "{text}"
     );
 }
+
+/// Passes a proposal with `actions` on the primary harness (one member, so one ballot).
+fn pass(primary: &mut Harness, actions: serde_json::Value) {
+    let member_id = primary.member.fingerprint_hex();
+    let proposal = serde_json::json!({ "actions": actions }).to_string();
+    let created = primary.gov(
+        "/gov/members/proposals:create",
+        "proposal",
+        None,
+        proposal.as_bytes(),
+    );
+    let id = created["proposalId"].as_str().unwrap().to_owned();
+    let ballot =
+        serde_json::json!({"ballot": "export function vote(p, id) { return true; }"}).to_string();
+    let voted = primary.gov(
+        &format!("/gov/members/proposals/{id}/ballots/{member_id}:submit"),
+        "ballot",
+        Some(&id),
+        ballot.as_bytes(),
+    );
+    assert_eq!(voted["proposalState"], "Accepted", "{voted}");
+}
+
+#[test]
+fn membership_grows_to_five_and_shrinks_to_three_by_governance() {
+    let mut cluster = three_nodes();
+    for seed in [13, 14] {
+        admit(&mut cluster.nodes[0], seed);
+        cluster.nodes.push(Harness::joiner(seed));
+        cluster.down.push(false);
+        cluster.nodes[0].put(&format!("during-{seed}"), b"1");
+        cluster.tick(60);
+    }
+    cluster.tick_until(300, "five voters", |c| {
+        c.nodes[0].node.voters().len() == 5 && c.nodes[0].node.is_primary()
+    });
+    let written = cluster.nodes[0].put("five", b"5");
+    // Retire the primary itself and one other original node: leadership moves first.
+    let retired: Vec<String> = [0, 1]
+        .iter()
+        .map(|index| cluster.nodes[*index].node.node_id().to_owned())
+        .collect();
+    for node_id in &retired {
+        pass(
+            &mut cluster.nodes[0],
+            serde_json::json!([{"name": "remove_node", "args": {"node_id": node_id}}]),
+        );
+    }
+    cluster.tick_until(600, "three voters under a remaining primary", |c| {
+        c.nodes[2..]
+            .iter()
+            .any(|h| h.node.is_primary() && h.node.voters().len() == 3)
+    });
+    let primary = (2..5)
+        .find(|i| cluster.nodes[*i].node.is_primary())
+        .unwrap();
+    let after = cluster.nodes[primary].put("three", b"3");
+    cluster.tick_until(100, "writes to commit on the remaining nodes", |c| {
+        c.nodes[2..].iter().all(|h| {
+            h.node.tx_status(after) == charter_core::TxStatus::Committed
+                && h.node.tx_status(written) == charter_core::TxStatus::Committed
+        })
+    });
+    let voters = cluster.nodes[primary].node.voters();
+    for index in 0..2 {
+        assert!(!voters.contains(&raft_id(cluster.nodes[index].node.node_id())));
+    }
+}

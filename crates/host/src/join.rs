@@ -132,7 +132,7 @@ pub async fn request_admission(
                     .map_err(|error| format!("the join response is malformed: {error}"))?;
                 return admission(secrets, &expected_service, node_key);
             }
-            200 => {
+            200 | 202 => {
                 if last_note.elapsed() >= Duration::from_secs(10) {
                     tracing::info!(
                         node_id = %json["node_id"].as_str().unwrap_or("?"),

@@ -334,6 +334,7 @@ enum Reply {
 struct Forwarded {
     reply: tokio::sync::oneshot::Sender<Response>,
     to: String,
+    to_raft_id: u64,
     since: Instant,
 }
 
@@ -517,6 +518,7 @@ impl CoreLoop {
                     Forwarded {
                         reply,
                         to: node_id,
+                        to_raft_id: to,
                         since: Instant::now(),
                     },
                 );
@@ -533,22 +535,40 @@ impl CoreLoop {
         }
     }
 
-    /// Answers forwarded requests the primary has not answered in time.
+    /// Answers forwarded requests the primary has not answered in time, or that went to a
+    /// node that is no longer primary (which may or may not have executed them).
     fn expire_forwarded(&mut self) {
         let timeout = Duration::from_millis(FORWARD_TIMEOUT_MS);
-        let expired: Vec<u64> = self
+        let primary = self.node.primary_raft_id();
+        let expired: Vec<(u64, bool)> = self
             .forwarded
             .iter()
-            .filter(|(_, forwarded)| forwarded.since.elapsed() >= timeout)
-            .map(|(id, _)| *id)
+            .filter_map(|(id, forwarded)| {
+                if forwarded.since.elapsed() >= timeout {
+                    Some((*id, false))
+                } else if primary.is_some_and(|primary| primary != forwarded.to_raft_id) {
+                    Some((*id, true))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for id in expired {
+        for (id, primary_changed) in expired {
             if let Some(forwarded) = self.forwarded.remove(&id) {
-                let _ = forwarded.reply.send(Response::error(
-                    504,
-                    "ForwardTimeout",
-                    "the primary did not answer the forwarded request in time; it may or may not have been executed (check /node/tx)",
-                ));
+                let response = if primary_changed {
+                    Response::error(
+                        504,
+                        "PrimaryChanged",
+                        "the primary changed while it handled the forwarded request; it may or may not have been executed (check /node/tx)",
+                    )
+                } else {
+                    Response::error(
+                        504,
+                        "ForwardTimeout",
+                        "the primary did not answer the forwarded request in time; it may or may not have been executed (check /node/tx)",
+                    )
+                };
+                let _ = forwarded.reply.send(response);
             }
         }
     }

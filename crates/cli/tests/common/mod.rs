@@ -2,6 +2,8 @@
 //! commands, free ports, and finding and signalling the processes a sandbox starts.
 #![allow(dead_code)]
 
+pub mod network;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
