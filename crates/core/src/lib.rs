@@ -36,5 +36,5 @@ pub use error::CoreError;
 pub use join::ENDORSED_CERT_DAYS;
 pub use node::{
     raft_id, Action, FetchedEntries, Input, Node, NodeConfig, StartMode, TxStatus,
-    FORWARDED_HEADER, GENESIS_VOTERS_KEY, RAFT_MAP,
+    FORWARDED_HEADER, GENESIS_VOTERS_KEY, RAFT_MAP, READ_CONSISTENCY_HEADER,
 };

@@ -284,6 +284,20 @@ pub struct Node {
     pending_syncs: HashMap<u64, ()>,
     /// Changes whenever the nodes table may have changed (hosts refresh their peers then).
     nodes_version: u64,
+    /// Linearizable reads waiting for a signature written after them to commit in their view.
+    pending_reads: Vec<PendingRead>,
+}
+
+/// A linearizable read: answered once a signature appended after the read, in the same view,
+/// is committed. That proves this node was still primary when it read (a majority acknowledged
+/// it afterwards) and that everything the read saw is committed.
+#[derive(Debug)]
+struct PendingRead {
+    id: RequestId,
+    response: Response,
+    view: u64,
+    /// The signature that must commit; `None` until the next signature is appended.
+    barrier: Option<u64>,
 }
 
 impl std::fmt::Debug for Node {
@@ -342,6 +356,7 @@ impl Node {
             historical: HistoricalCache::default(),
             pending_syncs: HashMap::new(),
             nodes_version: 0,
+            pending_reads: Vec::new(),
             config,
         };
         let mut restored = node.replay(restored, out)?;
@@ -636,9 +651,32 @@ impl Node {
                 self.drain_consensus(out)?;
             }
             Input::Client { id, request } => {
+                let linearizable =
+                    request.method == crate::api::Method::Get && wants_linearizable_read(&request);
+                if linearizable && self.is_primary() {
+                    let response = self.handle_request(&request, out)?;
+                    self.pending_reads.push(PendingRead {
+                        id,
+                        response,
+                        view: self.consensus.term(),
+                        barrier: None,
+                    });
+                    self.sign_soon = true;
+                    return Ok(());
+                }
                 match self.forward_target(&request) {
                     Some(Forwarding::To(to)) => {
                         out.push(Action::Forward { id, to, request });
+                        return Ok(());
+                    }
+                    Some(Forwarding::NoPrimary) | None if linearizable => {
+                        let response = Response::error(
+                            503,
+                            "NotPrimary",
+                            "a linearizable read needs the primary, and this node cannot reach it; retry",
+                        )
+                        .with_header("retry-after", "1");
+                        out.push(Action::Respond { id, response });
                         return Ok(());
                     }
                     Some(Forwarding::NoPrimary) => {
@@ -679,13 +717,51 @@ impl Node {
                 self.drain_consensus(out)?;
             }
         }
+        self.release_reads(out);
         Ok(())
+    }
+
+    /// Answers the linearizable reads whose barrier signature committed in their view, and
+    /// refuses those whose view ended.
+    fn release_reads(&mut self, out: &mut Vec<Action>) {
+        if self.pending_reads.is_empty() {
+            return;
+        }
+        let view = self.consensus.term();
+        let leading = self.consensus.is_leader();
+        let commit = self.commit_seqno;
+        let commit_view = self.consensus.term_at(commit);
+        let mut waiting = Vec::new();
+        for read in std::mem::take(&mut self.pending_reads) {
+            if read.view != view || !leading {
+                out.push(Action::Respond {
+                    id: read.id,
+                    response: Response::error(
+                        503,
+                        "NotPrimary",
+                        "this node stopped being primary before the read could be confirmed; retry",
+                    )
+                    .with_header("retry-after", "1"),
+                });
+            } else if read
+                .barrier
+                .is_some_and(|barrier| barrier <= commit && commit_view == Some(read.view))
+            {
+                out.push(Action::Respond {
+                    id: read.id,
+                    response: read.response,
+                });
+            } else {
+                waiting.push(read);
+            }
+        }
+        self.pending_reads = waiting;
     }
 
     /// The primary to forward `request` to: writes (anything but `GET`) reaching a follower
     /// that knows the primary, unless the request was forwarded once already.
     fn forward_target(&self, request: &Request) -> Option<Forwarding> {
-        if request.method == crate::api::Method::Get
+        if (request.method == crate::api::Method::Get && !wants_linearizable_read(request))
             || self.consensus.is_leader()
             || request.header(FORWARDED_HEADER).is_some()
         {
@@ -1072,6 +1148,9 @@ impl Node {
         let value = serde_json::to_vec(&record).expect("signature record serializes");
         write_set.put(SIGNATURES_MAP, SIGNATURE_KEY, &value);
         self.write_transaction(EntryKind::Signature, write_set, [0; 32], out)?;
+        for read in &mut self.pending_reads {
+            read.barrier.get_or_insert(seqno);
+        }
         Ok(())
     }
 
@@ -1285,6 +1364,17 @@ impl Node {
     ) -> Result<Response, CoreError> {
         crate::endpoints::handle(self, request, out)
     }
+}
+
+/// Header asking for a linearizable read (value `linearizable`): the answer waits until this
+/// node has confirmed, through a committed signature written after the read, that it was still
+/// the primary and that what it read is committed. Followers forward such reads to the primary.
+pub const READ_CONSISTENCY_HEADER: &str = "x-charter-read-consistency";
+
+fn wants_linearizable_read(request: &Request) -> bool {
+    request
+        .header(READ_CONSISTENCY_HEADER)
+        .is_some_and(|value| value.eq_ignore_ascii_case("linearizable"))
 }
 
 /// Where a write that reached a follower goes.

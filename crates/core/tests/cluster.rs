@@ -343,3 +343,61 @@ fn membership_grows_to_five_and_shrinks_to_three_by_governance() {
         assert!(!voters.contains(&raft_id(cluster.nodes[index].node.node_id())));
     }
 }
+
+fn linearizable_get(harness: &Harness, key: &str) -> charter_core::Request {
+    charter_core::Request {
+        method: Method::Get,
+        path: format!("/app/kv/{key}"),
+        query: Vec::new(),
+        headers: vec![(
+            charter_core::READ_CONSISTENCY_HEADER.to_owned(),
+            "linearizable".to_owned(),
+        )],
+        body: Vec::new(),
+        caller_cert_der: Some(harness.user.der().to_vec()),
+    }
+}
+
+#[test]
+fn a_linearizable_read_waits_for_a_majority_and_a_deposed_primary_refuses_it() {
+    let mut cluster = three_nodes();
+    cluster.nodes[0].put("k", b"v1");
+    cluster.tick(60);
+    // The primary answers only once a signature written after the read has committed.
+    let request = linearizable_get(&cluster.nodes[0], "k");
+    let id = cluster.nodes[0].send(request);
+    assert!(cluster.nodes[0].take_response(id).is_none());
+    cluster.tick(60);
+    let response = cluster.nodes[0].take_response(id).expect("answered");
+    assert_eq!((response.status, response.body), (200, b"v1".to_vec()));
+
+    // Cut off from the others, the primary cannot confirm a read: it waits, then refuses it
+    // once it steps down (check-quorum), while the others elect a new primary and move on.
+    cluster.down[1] = true;
+    cluster.down[2] = true;
+    let request = linearizable_get(&cluster.nodes[0], "k");
+    let id = cluster.nodes[0].send(request);
+    cluster.down = vec![true, false, false];
+    cluster.tick_until(100, "a new primary among the others", |c| {
+        c.nodes[1].node.is_primary() || c.nodes[2].node.is_primary()
+    });
+    let new_primary = if cluster.nodes[1].node.is_primary() {
+        1
+    } else {
+        2
+    };
+    cluster.nodes[new_primary].put("k", b"v2");
+    for _ in 0..40 {
+        cluster.nodes[0].tick(60);
+    }
+    let refused = cluster.nodes[0]
+        .take_response(id)
+        .expect("refused once deposed");
+    assert_eq!(refused.status, 503);
+    // A follower forwards linearizable reads (the test host answers forwards with 503).
+    let request = linearizable_get(&cluster.nodes[new_primary], "k");
+    let follower = 3 - new_primary;
+    let id = cluster.nodes[follower].send(request);
+    let forwarded = cluster.nodes[follower].take_response(id).unwrap();
+    assert_eq!(forwarded.status, 503);
+}

@@ -321,6 +321,24 @@ impl Harness {
         self.responses.remove(index).1
     }
 
+    /// Sends a request without waiting for its answer.
+    pub fn send(&mut self, request: Request) -> RequestId {
+        self.next_id += 1;
+        let id = RequestId(self.next_id);
+        let mut out = Vec::new();
+        self.node
+            .step(Input::Client { id, request }, &mut out)
+            .unwrap();
+        self.host(out);
+        id
+    }
+
+    /// The answer to `id`, if it came.
+    pub fn take_response(&mut self, id: RequestId) -> Option<charter_core::Response> {
+        let index = self.responses.iter().position(|(rid, _)| *rid == id)?;
+        Some(self.responses.remove(index).1)
+    }
+
     pub fn tick(&mut self, ms: u64) {
         self.now_ms += ms;
         let mut out = Vec::new();
