@@ -168,9 +168,8 @@ impl ChainConfig {
                 } else {
                     format!("0x{key}")
                 };
-                let address: Address = text
-                    .parse()
-                    .map_err(|_| bad(&format!("alloc key {key}")))?;
+                let address: Address =
+                    text.parse().map_err(|_| bad(&format!("alloc key {key}")))?;
                 alloc.insert(address, genesis_account(entry).map_err(|what| bad(&what))?);
             }
         }
@@ -611,7 +610,10 @@ impl<'a> Executor<'a> {
         viewer: &str,
     ) -> Result<(Bytes, u64), EvmError> {
         let head = self.head(tx)?;
-        let gas = request.gas.unwrap_or(TX_GAS_LIMIT_MAX).min(TX_GAS_LIMIT_MAX);
+        let gas = request
+            .gas
+            .unwrap_or(TX_GAS_LIMIT_MAX)
+            .min(TX_GAS_LIMIT_MAX);
         let (result, _) = self.run(tx, Some(viewer), true, &head, call_env(request, gas))?;
         outcome(result, gas)
     }
@@ -627,7 +629,10 @@ impl<'a> Executor<'a> {
         viewer: &str,
     ) -> Result<u64, EvmError> {
         let head = self.head(tx)?;
-        let mut high = request.gas.unwrap_or(TX_GAS_LIMIT_MAX).min(TX_GAS_LIMIT_MAX);
+        let mut high = request
+            .gas
+            .unwrap_or(TX_GAS_LIMIT_MAX)
+            .min(TX_GAS_LIMIT_MAX);
         let mut runs = 0;
         let mut run = |gas: u64| -> Result<ExecutionResult, EvmError> {
             runs += 1;
@@ -681,9 +686,9 @@ fn rejection(invalid: InvalidTransaction) -> EvmError {
 
 fn outcome(result: ExecutionResult, gas: u64) -> Result<(Bytes, u64), EvmError> {
     match result {
-        ExecutionResult::Success { output, gas: used, .. } => {
-            Ok((output.into_data(), used.tx_gas_used()))
-        }
+        ExecutionResult::Success {
+            output, gas: used, ..
+        } => Ok((output.into_data(), used.tx_gas_used())),
         ExecutionResult::Revert { output, .. } => Err(EvmError::Reverted(output.to_vec())),
         ExecutionResult::Halt { reason, .. } => Err(EvmError::Halted(match reason {
             revm::context::result::HaltReason::OutOfGas(_) => {

@@ -106,6 +106,9 @@ mod tests {
         );
         assert_eq!(revert_reason(&data[..40]), None);
         assert_eq!(revert_reason(b"\x01\x02"), None);
-        assert_eq!(EvmError::Reverted(Vec::new()).to_string(), "execution reverted");
+        assert_eq!(
+            EvmError::Reverted(Vec::new()).to_string(),
+            "execution reverted"
+        );
     }
 }

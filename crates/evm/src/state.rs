@@ -124,7 +124,12 @@ pub fn read_storage(tx: &mut Tx, address: &Address, slot: &U256) -> U256 {
         .map_or(U256::ZERO, |bytes| U256::from_be_slice(&bytes))
 }
 
-fn write_storage(tx: &mut Tx, address: &Address, slot: &U256, value: &U256) -> Result<(), EvmError> {
+fn write_storage(
+    tx: &mut Tx,
+    address: &Address,
+    slot: &U256,
+    value: &U256,
+) -> Result<(), EvmError> {
     let key = storage_key(address, slot);
     if value.is_zero() {
         tx.try_remove(STORAGE_MAP, &key)?;
@@ -386,7 +391,10 @@ mod tests {
             tx.get(STORAGE_MAP, &storage_key(&address, &U256::from(1))),
             Some(vec![0x12, 0x34])
         );
-        assert_eq!(read_storage(&mut tx, &address, &U256::from(1)), U256::from(0x1234));
+        assert_eq!(
+            read_storage(&mut tx, &address, &U256::from(1)),
+            U256::from(0x1234)
+        );
         write_storage(&mut tx, &address, &U256::from(1), &U256::ZERO).unwrap();
         assert_eq!(read_storage(&mut tx, &address, &U256::from(1)), U256::ZERO);
         assert_eq!(

@@ -19,9 +19,8 @@ pub const ACCESS_LIST_KEYS_MAX: usize = 1_024;
 
 /// Half the order of secp256k1: EIP-2 refuses signatures whose `s` is above it.
 const SECP256K1N_HALF: U256 = U256::from_be_bytes([
-    0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
-    0xff, 0x5d, 0x57, 0x6e, 0x73, 0x57, 0xa4, 0x50, 0x1d, 0xdf, 0xe9, 0x2f, 0x46, 0x68, 0x1b,
-    0x20, 0xa0,
+    0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0x5d, 0x57, 0x6e, 0x73, 0x57, 0xa4, 0x50, 0x1d, 0xdf, 0xe9, 0x2f, 0x46, 0x68, 0x1b, 0x20, 0xa0,
 ]);
 
 /// The envelope of a transaction (its EIP-2718 type).
@@ -115,9 +114,7 @@ fn to_field<'a>(buf: &mut &'a [u8]) -> Result<(Option<Address>, &'a [u8]), EvmEr
     Ok((Some(address), raw))
 }
 
-fn access_list_field<'a>(
-    buf: &mut &'a [u8],
-) -> Result<(Vec<AccessListEntry>, &'a [u8]), EvmError> {
+fn access_list_field<'a>(buf: &mut &'a [u8]) -> Result<(Vec<AccessListEntry>, &'a [u8]), EvmError> {
     let before = *buf;
     let header = Header::decode(buf).map_err(|error| decode_error("accessList", error))?;
     if !header.list || header.payload_length > buf.len() {
@@ -234,7 +231,12 @@ fn decode(raw: &[u8], sender: Option<Address>) -> Result<SignedTransaction, EvmE
         match first {
             1 | 2 => decode_typed(first, &raw[1..], sender)?,
             3 => return Err(decode_error("type", "blob transactions are not supported")),
-            4 => return Err(decode_error("type", "EIP-7702 transactions are not supported")),
+            4 => {
+                return Err(decode_error(
+                    "type",
+                    "EIP-7702 transactions are not supported",
+                ))
+            }
             other => return Err(decode_error("type", format!("unknown type {other}"))),
         }
     };
