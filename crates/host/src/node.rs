@@ -443,6 +443,7 @@ pub fn run_node(
     for app in charter_apps::all() {
         node.register_app(app);
     }
+    node.register_app(Box::new(charter_evm::EthereumApp::dev()));
     let hard_state = loaded.hard_state;
     let mut core = CoreLoop {
         node,
