@@ -15,7 +15,7 @@
 //! | [`BLOCKS_MAP`] | block number (8 bytes, big endian) | [`BlockRecord`] (JSON), with its transaction |
 //! | [`TX_INDEX_MAP`] | transaction hash | block number (8 bytes) |
 //! | [`BLOCK_HASHES_MAP`] | block hash | block number (8 bytes) |
-//! | [`META_MAP`] | `head` | the latest block number (8 bytes) |
+//! | [`META_MAP`] | `head` | the latest block: number (8 bytes) ‖ hash (32) |
 
 use std::collections::BTreeMap;
 
@@ -305,14 +305,39 @@ fn decode_number(bytes: &[u8]) -> Result<u64, EvmError> {
     Ok(u64::from_be_bytes(array))
 }
 
+/// The latest block's number and hash, as [`META_MAP`] keeps them (so that executing a
+/// transaction does not parse the previous block's record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Its number.
+    pub number: u64,
+    /// Its hash.
+    pub hash: B256,
+}
+
+/// The latest block, or `None` before genesis.
+///
+/// # Errors
+/// [`EvmError::Corrupt`] for a malformed record.
+pub fn head(tx: &mut Tx) -> Result<Option<Head>, EvmError> {
+    let Some(bytes) = tx.get(META_MAP, HEAD_KEY) else {
+        return Ok(None);
+    };
+    if bytes.len() != 40 {
+        return Err(EvmError::Corrupt("the head record is not 40 bytes".into()));
+    }
+    Ok(Some(Head {
+        number: decode_number(&bytes[..8])?,
+        hash: B256::from_slice(&bytes[8..]),
+    }))
+}
+
 /// The latest block number, or `None` before genesis.
 ///
 /// # Errors
 /// [`EvmError::Corrupt`] for a malformed record.
 pub fn head_number(tx: &mut Tx) -> Result<Option<u64>, EvmError> {
-    tx.get(META_MAP, HEAD_KEY)
-        .map(|bytes| decode_number(&bytes))
-        .transpose()
+    Ok(head(tx)?.map(|head| head.number))
 }
 
 /// Block `number`, if it exists.
@@ -368,7 +393,10 @@ fn write_block(tx: &mut Tx, record: &BlockRecord) -> Result<(), EvmError> {
     if let Some(transaction) = &record.transaction {
         tx.try_put(TX_INDEX_MAP, transaction.hash.as_slice(), &key)?;
     }
-    tx.try_put(META_MAP, HEAD_KEY, &key)?;
+    let mut head = [0u8; 40];
+    head[..8].copy_from_slice(&key);
+    head[8..].copy_from_slice(record.hash.as_slice());
+    tx.try_put(META_MAP, HEAD_KEY, &head)?;
     Ok(())
 }
 
@@ -484,7 +512,7 @@ impl<'a> Executor<'a> {
         tx: &mut Tx,
         viewer: Option<&str>,
         call: bool,
-        head: &BlockRecord,
+        head: &Head,
         tx_env: TxEnv,
     ) -> Result<(ExecutionResult, revm::state::EvmState), EvmError> {
         let lookup = block_hash_of;
@@ -591,10 +619,8 @@ impl<'a> Executor<'a> {
     ///
     /// # Errors
     /// [`EvmError::Unavailable`] before genesis, [`EvmError::Corrupt`] for a malformed record.
-    pub fn head(&self, tx: &mut Tx) -> Result<BlockRecord, EvmError> {
-        let number = head_number(tx)?
-            .ok_or_else(|| EvmError::Unavailable("the chain has no genesis block yet".into()))?;
-        block(tx, number)?.ok_or_else(|| EvmError::Corrupt(format!("block {number} is missing")))
+    pub fn head(&self, tx: &mut Tx) -> Result<Head, EvmError> {
+        head(tx)?.ok_or_else(|| EvmError::Unavailable("the chain has no genesis block yet".into()))
     }
 
     /// Runs `request` on top of the latest block for user `viewer` (who sees other users'
