@@ -497,9 +497,13 @@ impl<'a> Server<'a> {
                 None => return Err(RpcError::new(SERVER_ERROR, "unknown block")),
             }
         } else {
-            let from = resolve_block(tx, filter.get("fromBlock"), head)?.unwrap_or(head);
+            // A range that starts past the head holds no logs yet; one that ends past it ends
+            // at the head.
+            let Some(from) = resolve_block(tx, filter.get("fromBlock"), head)? else {
+                return Ok(json!([]));
+            };
             let to = resolve_block(tx, filter.get("toBlock"), head)?.unwrap_or(head);
-            (from, to.min(head))
+            (from, to)
         };
         if from > to {
             return Ok(json!([]));

@@ -417,6 +417,15 @@ fn contract_deploy_call_and_logs() {
     )
     .unwrap();
     assert_eq!(logs.as_array().unwrap().len(), 1);
+    // A range past the head holds nothing yet.
+    let logs = rpc(
+        &app,
+        &mut ledger,
+        "eth_getLogs",
+        json!([{"fromBlock": "0x64"}]),
+    )
+    .unwrap();
+    assert_eq!(logs, json!([]));
 }
 
 #[test]
