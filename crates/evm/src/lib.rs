@@ -63,6 +63,8 @@
 //! Hardhat/Anvil development accounts funded; [`chain::ChainConfig::from_genesis_json`] reads a
 //! geth-style genesis file for [`EthereumApp::new`].
 
+#![deny(missing_docs)]
+
 use charter_core::{AppContext, Application, CoreError, Method, Request, Response};
 use charter_kv::{Store, Tx};
 use charter_ledger::TxId;
