@@ -196,6 +196,23 @@ async fn writes_survive_killing_the_primary_and_the_killed_node_catches_up() {
             .await
             .unwrap_or_else(|error| panic!("write through node{index}: {error}"));
     }
+    // The caller's identity travels with a forwarded write and is checked by the primary: a
+    // member is not a user (403), an anonymous caller is refused (401), on every node.
+    for index in all {
+        for (identity, status) in [(Some("member0"), 403), (None, 401)] {
+            let mut client = network.client(index, identity).await;
+            let response = client
+                .request("PUT", "/app/kv/not-a-user", &[], b"x".to_vec())
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status,
+                status,
+                "{identity:?} through node{index}: {}",
+                text(&response.body)
+            );
+        }
+    }
     let listed = network.get(1, "/node/network/nodes").await.unwrap();
     let statuses: Vec<&str> = listed["nodes"]
         .as_array()

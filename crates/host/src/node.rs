@@ -881,6 +881,7 @@ pub fn run_node(
     for app in charter_apps::all() {
         node.register_app(app);
     }
+    node.register_app(Box::new(charter_evm::EthereumApp::dev()));
 
     // Node channels: only nodes the ledger trusts may connect.
     let trusted: Arc<RwLock<HashSet<String>>> = Arc::default();
