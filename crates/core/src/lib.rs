@@ -31,9 +31,9 @@ pub mod tables;
 
 pub use api::{Method, Request, RequestId, Response};
 pub use app::{AppContext, Application, Historical, HistoricalTx};
-pub use charter_consensus::{HardStateRecord, LogEntry, LogKind, Restored};
+pub use charter_consensus::{HardStateRecord, LogBase, LogEntry, LogKind, Restored};
 pub use error::CoreError;
 pub use node::{
     raft_id, Action, FetchedEntries, Input, Node, NodeConfig, StartMode, TxStatus,
-    GENESIS_VOTERS_KEY, RAFT_MAP,
+    GENESIS_VOTERS_KEY, RAFT_MAP, SNAPSHOTS_AWAITING_EVIDENCE_MAX,
 };

@@ -298,6 +298,17 @@ impl CoreLoop {
                         .files
                         .close_chunk(last_seqno)
                         .map_err(|e| e.to_string())?,
+                    // A lost snapshot costs only a later one: report, do not stop the node.
+                    Action::WriteSnapshot { seqno, bytes } => {
+                        if let Err(error) = self.files.write_snapshot(seqno, &bytes) {
+                            tracing::warn!(seqno, %error, "cannot write the snapshot");
+                        }
+                    }
+                    Action::CommitSnapshot { seqno, evidence } => {
+                        if let Err(error) = self.files.commit_snapshot(seqno, &evidence) {
+                            tracing::warn!(seqno, %error, "cannot commit the snapshot");
+                        }
+                    }
                 }
             }
             for entries in reads {
@@ -392,7 +403,8 @@ pub fn run_node(
     let ledger_dir = config.node_dir.join("ledger");
     std::fs::create_dir_all(&ledger_dir)
         .map_err(|error| format!("{}: {error}", ledger_dir.display()))?;
-    let (files, loaded) = LedgerFiles::open(&ledger_dir).map_err(|error| error.to_string())?;
+    let (mut files, mut loaded) =
+        LedgerFiles::open(&ledger_dir).map_err(|error| error.to_string())?;
     let genesis = loaded.entries.is_empty() && !config.node_dir.join("node_privk.pem").exists();
     let identity = identity(&config, genesis)?;
     if loaded.torn_tail_bytes > 0 {
@@ -433,9 +445,21 @@ pub fn run_node(
             members: load(&config.members)?,
         }
     } else {
+        // A node that started from a snapshot holds the ledger only after it: it restarts
+        // from its newest committed snapshot and the entries after that.
+        let snapshot = files
+            .restart_snapshot(&mut loaded)
+            .map_err(|error| error.to_string())?;
+        if snapshot.is_some() {
+            tracing::info!(
+                first_seqno = loaded.first_seqno,
+                "restarting from a committed snapshot"
+            );
+        }
         StartMode::Restart(Restored {
             entries: loaded.entries,
             hard_state: loaded.hard_state,
+            snapshot,
         })
     };
     let mut actions = Vec::new();

@@ -229,10 +229,7 @@ pub fn encode_snapshot(contents: &SnapshotContents<'_>, secret: &LedgerSecret) -
         .last()
         .is_some_and(|(view, first)| *view == contents.view && *first <= seqno));
     assert!(contents.conf_changes.windows(2).all(|p| p[0].0 < p[1].0));
-    assert!(contents
-        .conf_changes
-        .last()
-        .map_or(true, |(at, _)| *at <= seqno));
+    assert!(contents.conf_changes.iter().all(|(at, _)| *at <= seqno));
 
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + contents.leaves.len() * 96 + 4096);
     out.extend_from_slice(&SNAPSHOT_MAGIC);
@@ -881,7 +878,7 @@ mod tests {
         let public = &decoded.public;
         assert_eq!(public.get("public:kv", b"a"), Some(Some(&b"1"[..])));
         assert_eq!(public.get("public:kv", b"gone"), None);
-        assert!(public.maps.get("kv").is_none());
+        assert!(!public.maps.contains_key("kv"));
         let private = decoded.decrypt_private(&secret()).unwrap();
         assert_eq!(
             private.get("kv", b"secret-key"),

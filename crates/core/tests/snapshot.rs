@@ -1,0 +1,168 @@
+//! Snapshots on a single node: the snapshot and its evidence are written once, a node joins
+//! from the committed file only if every byte of it is intact and it belongs to this service,
+//! and a node holding the whole ledger still restarts by replaying it.
+
+mod harness;
+
+use charter_core::{CoreError, Node, StartMode};
+use harness::Harness;
+
+fn small_snapshots(config: &mut charter_core::NodeConfig) {
+    config.snapshot_interval_txs = 20;
+    config.signature_interval_txs = 5;
+}
+
+/// A single node with a committed snapshot.
+fn node_with_snapshot() -> Harness {
+    let mut harness = Harness::new_with(small_snapshots);
+    let user = harness.user.clone();
+    for index in 0..30 {
+        harness.put(&format!("k{index}"), b"private value");
+        let public = harness.request(
+            charter_core::Method::Put,
+            &format!("/app/kv/p{index}"),
+            &[("public", "true")],
+            b"public value",
+            Some(&user),
+        );
+        assert_eq!(public.status, 200);
+    }
+    for _ in 0..10 {
+        harness.tick(150);
+    }
+    assert!(
+        !harness.committed_snapshots.is_empty(),
+        "written: {:?}",
+        harness.snapshots.keys().collect::<Vec<_>>()
+    );
+    harness
+}
+
+fn join(file: Vec<u8>) -> Result<Node, CoreError> {
+    join_as(&Harness::node_config(13, small_snapshots), file)
+}
+
+fn join_as(config: &charter_core::NodeConfig, file: Vec<u8>) -> Result<Node, CoreError> {
+    let config = config.clone();
+    Node::new(
+        config,
+        StartMode::Join {
+            snapshot: Some(file),
+        },
+        &mut Vec::new(),
+    )
+}
+
+#[test]
+fn evidence_is_written_once_and_a_full_ledger_still_restarts_by_replaying() {
+    let mut harness = node_with_snapshot();
+    let evidence_records = harness
+        .node
+        .store()
+        .entries(charter_ledger::tables::SNAPSHOT_EVIDENCE_MAP)
+        .count();
+    assert_eq!(evidence_records, harness.committed_snapshots.len());
+    let committed_before = harness.committed_snapshots.clone();
+    let last = harness.node.last_tx_id();
+    harness.restart();
+    assert_eq!(harness.node.base_seqno(), 0, "a full ledger is replayed");
+    harness.tick(150);
+    // Replaying rewrites no evidence and no different snapshot (the harness checks that a
+    // rewritten snapshot has the same bytes).
+    let after = harness
+        .node
+        .store()
+        .entries(charter_ledger::tables::SNAPSHOT_EVIDENCE_MAP)
+        .count();
+    assert_eq!(after, evidence_records);
+    assert_eq!(harness.committed_snapshots, committed_before);
+    assert!(harness.node.last_tx_id().seqno >= last.seqno);
+}
+
+#[test]
+fn a_joiner_takes_the_state_of_an_intact_snapshot() {
+    let harness = node_with_snapshot();
+    let (&seqno, file) = harness.committed_snapshots.last_key_value().unwrap();
+    let node = join(file.clone()).unwrap();
+    assert_eq!(node.base_seqno(), seqno);
+    assert_eq!(node.commit_tx_id().seqno, seqno);
+    assert_eq!(
+        node.store().get("kv", b"k0"),
+        Some(&b"private value"[..]),
+        "private maps come from the snapshot"
+    );
+    assert_eq!(
+        node.store().get("public:kv", b"p0"),
+        Some(&b"public value"[..])
+    );
+}
+
+#[test]
+fn a_snapshot_with_any_flipped_byte_is_refused() {
+    let harness = node_with_snapshot();
+    let file = harness
+        .committed_snapshots
+        .values()
+        .next_back()
+        .unwrap()
+        .clone();
+    let parts = charter_ledger::split_committed_snapshot(&file).unwrap();
+    let snapshot_end = 16 + parts.snapshot.len();
+    // Making a node's certificate costs a signature: once for every attempt.
+    let config = Harness::node_config(13, small_snapshots);
+    // Every byte of the container and snapshot headers and of the end of the snapshot (its
+    // private maps); a spread of the rest of the snapshot and of the evidence receipt, whose
+    // every flip costs a signature check (the ledger crate's tests flip every byte of both).
+    let mut positions: Vec<usize> = (0..64).collect();
+    positions.extend((64..snapshot_end).step_by(97));
+    positions.extend(snapshot_end - 64..snapshot_end + 4);
+    positions.extend((snapshot_end + 4..file.len()).step_by(7));
+    positions.push(file.len() - 1);
+    for position in positions {
+        let mut tampered = file.clone();
+        tampered[position] ^= 0x01;
+        match join_as(&config, tampered) {
+            Err(CoreError::Snapshot(reason)) => assert!(!reason.is_empty()),
+            Err(other) => panic!("byte {position}: unexpected error {other}"),
+            Ok(_) => panic!("a flip of byte {position} of {} went unnoticed", file.len()),
+        }
+    }
+}
+
+#[test]
+fn a_snapshot_of_another_service_or_secret_is_refused() {
+    let harness = node_with_snapshot();
+    let file = harness
+        .committed_snapshots
+        .values()
+        .next_back()
+        .unwrap()
+        .clone();
+    // Another service certificate: the evidence is not endorsed by it.
+    let mut config = Harness::node_config(13, small_snapshots);
+    config.service_cert = harness::cert(9, "other service", true).1;
+    let error = Node::new(
+        config,
+        StartMode::Join {
+            snapshot: Some(file.clone()),
+        },
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("not endorsed"), "{error}");
+    // Another ledger secret: the commit evidence does not match.
+    let mut config = Harness::node_config(13, small_snapshots);
+    config.ledger_secret = charter_crypto::LedgerSecret::from_bytes([4; 32]);
+    let error = Node::new(
+        config,
+        StartMode::Join {
+            snapshot: Some(file),
+        },
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("ledger secret"), "{error}");
+    // Not a committed snapshot at all.
+    let error = join(b"garbage".to_vec()).unwrap_err();
+    assert!(error.to_string().contains("snapshot refused"), "{error}");
+}
