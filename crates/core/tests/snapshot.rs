@@ -166,3 +166,104 @@ fn a_snapshot_of_another_service_or_secret_is_refused() {
     let error = join(b"garbage".to_vec()).unwrap_err();
     assert!(error.to_string().contains("snapshot refused"), "{error}");
 }
+
+fn snapshot_files(harness: &Harness) -> Vec<charter_ledger::LedgerFile> {
+    let mut files: Vec<charter_ledger::LedgerFile> = harness
+        .committed_snapshots
+        .iter()
+        .map(|(seqno, bytes)| charter_ledger::LedgerFile {
+            name: format!("snapshot_{seqno}.committed"),
+            bytes: bytes.clone(),
+        })
+        .collect();
+    // Uncommitted snapshots are not checked.
+    files.push(charter_ledger::LedgerFile {
+        name: "snapshot_1".into(),
+        bytes: b"not checked".to_vec(),
+    });
+    files
+}
+
+#[test]
+fn ledger_verification_checks_snapshots_against_the_replay() {
+    use charter_ledger::verify_ledger_with_snapshots;
+    let harness = node_with_snapshot();
+    let ledger = harness.chunk_files(1);
+    let snapshots = snapshot_files(&harness);
+    let summary = verify_ledger_with_snapshots(&ledger, &snapshots, &harness.service).unwrap();
+    assert_eq!(summary.snapshots, harness.committed_snapshots.len());
+    assert_eq!(summary.started_from, None);
+    assert_eq!(summary.transactions, harness.files.len() as u64);
+    assert!(
+        summary.to_string().contains("committed snapshots"),
+        "{summary}"
+    );
+
+    // A flipped byte anywhere in a snapshot file is reported with the file's name.
+    let (&seqno, file) = harness.committed_snapshots.iter().next_back().unwrap();
+    let name = format!("snapshot_{seqno}.committed");
+    for position in [0, 20, file.len() / 2, file.len() - 10] {
+        let mut tampered = snapshots.clone();
+        let target = tampered.iter_mut().find(|f| f.name == name).unwrap();
+        target.bytes[position] ^= 0x01;
+        let failure =
+            verify_ledger_with_snapshots(&ledger, &tampered, &harness.service).unwrap_err();
+        assert_eq!(failure.file, name, "byte {position}: {failure}");
+        assert!(failure.to_string().contains(&name), "{failure}");
+    }
+
+    // A ledger that starts after seqno 1 verifies from a snapshot covering its start: the
+    // entries up to the snapshot must be the ones it records.
+    let first = seqno - 3;
+    let suffix = harness.chunk_files(first);
+    let failure = charter_ledger::verify_ledger(&suffix, &harness.service).unwrap_err();
+    assert!(failure.reason.contains("instead of 1"), "{failure}");
+    let summary = verify_ledger_with_snapshots(&suffix, &snapshots, &harness.service).unwrap();
+    assert_eq!(summary.started_from, Some(seqno));
+    assert_eq!(
+        summary.transactions,
+        harness.files.len() as u64 - (first - 1)
+    );
+}
+
+#[test]
+fn ledger_verification_catches_a_valid_snapshot_of_another_history() {
+    use charter_ledger::verify_ledger_with_snapshots;
+    // Two runs of the same service that differ in one value: same seqnos, same keys, valid
+    // evidence each, different states.
+    let run = |value: &[u8]| {
+        let mut harness = Harness::new_with(small_snapshots);
+        for index in 0..30 {
+            harness.put(&format!("k{index}"), if index == 3 { value } else { b"v" });
+        }
+        for _ in 0..10 {
+            harness.tick(150);
+        }
+        harness
+    };
+    let ours = run(b"aaaa");
+    let theirs = run(b"bbbb");
+    let (&seqno, _) = ours.committed_snapshots.iter().next_back().unwrap();
+    let foreign = theirs
+        .committed_snapshots
+        .get(&seqno)
+        .expect("the same points");
+    assert_ne!(Some(foreign), ours.committed_snapshots.get(&seqno));
+    let name = format!("snapshot_{seqno}.committed");
+    let snapshots = vec![charter_ledger::LedgerFile {
+        name: name.clone(),
+        bytes: foreign.clone(),
+    }];
+    let failure =
+        verify_ledger_with_snapshots(&ours.chunk_files(1), &snapshots, &ours.service).unwrap_err();
+    assert_eq!(failure.file, name);
+    assert!(
+        failure.reason.contains("disagrees with the ledger"),
+        "{failure}"
+    );
+    // A ledger starting after 1 whose covered entries differ from the snapshot's leaves.
+    let failure =
+        verify_ledger_with_snapshots(&ours.chunk_files(seqno - 3), &snapshots, &ours.service)
+            .unwrap_err();
+    assert!(failure.reason.contains("Merkle leaf mismatch"), "{failure}");
+}

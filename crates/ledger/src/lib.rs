@@ -43,7 +43,9 @@ pub use snapshot::{
     verify_committed_snapshot, SnapshotContents, SnapshotError, SnapshotEvidence, SnapshotLeaf,
 };
 pub use txid::{TxId, TxIdParseError};
-pub use verify::{verify_ledger, LedgerFile, VerifyFailure, VerifySummary};
+pub use verify::{
+    verify_ledger, verify_ledger_with_snapshots, LedgerFile, VerifyFailure, VerifySummary,
+};
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];

@@ -124,6 +124,35 @@ impl Harness {
         self.host(out);
     }
 
+    /// The ledger as its host would store it: complete chunks ending at signatures every
+    /// few entries and the rest in an open chunk, from seqno `first` on.
+    pub fn chunk_files(&self, first: u64) -> Vec<charter_ledger::LedgerFile> {
+        use charter_ledger::frame::encode_frame;
+        let mut files = Vec::new();
+        let mut chunk = Vec::new();
+        let mut chunk_first = first;
+        for (index, bytes) in self.files.iter().enumerate() {
+            let seqno = self.base + index as u64 + 1;
+            if seqno < first {
+                continue;
+            }
+            encode_frame(seqno, bytes, &mut chunk);
+            let entry = charter_ledger::decode_entry(bytes).unwrap();
+            if entry.kind == charter_ledger::EntryKind::Signature && seqno - chunk_first >= 8 {
+                files.push(charter_ledger::LedgerFile {
+                    name: format!("ledger_{chunk_first}-{seqno}.committed"),
+                    bytes: std::mem::take(&mut chunk),
+                });
+                chunk_first = seqno + 1;
+            }
+        }
+        files.push(charter_ledger::LedgerFile {
+            name: format!("ledger_{chunk_first}"),
+            bytes: chunk,
+        });
+        files
+    }
+
     /// A harness whose node serves `apps` besides the built-in key-value app.
     pub fn with_apps(apps: Vec<Box<dyn charter_core::Application>>) -> Harness {
         let mut harness = Harness::start(2, None);
