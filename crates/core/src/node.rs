@@ -598,7 +598,13 @@ impl Node {
             // Serializing a struct of an integer and a string cannot fail.
             let value = serde_json::to_vec(&record).expect("evidence record serializes");
             write_set.put(SNAPSHOT_EVIDENCE_MAP, seqno.to_string().as_bytes(), &value);
-            self.write_transaction(EntryKind::Transaction, write_set, digest, out)?;
+            match self.write_transaction(EntryKind::Transaction, write_set, digest, out) {
+                Ok(_) => {}
+                // raft-rs drops proposals while leadership moves; the next primary (or this
+                // one, at its next step) writes the evidence instead.
+                Err(CoreError::Consensus(_)) => break,
+                Err(error) => return Err(error),
+            }
         }
         Ok(())
     }

@@ -427,6 +427,10 @@ fn every_node_writes_the_same_snapshots_and_a_late_joiner_starts_from_one() {
         Some(seqno + 1),
         "the joiner's ledger starts after the snapshot"
     );
+    let consensus = cluster.nodes[3].request(Method::Get, "/node/consensus", &[], b"", None);
+    let consensus: serde_json::Value = serde_json::from_slice(&consensus.body).unwrap();
+    assert_eq!(consensus["snapshot_base_seqno"], seqno, "{consensus}");
+    assert_eq!(consensus["peers_needing_snapshot"], serde_json::json!([]));
     let after = write_and_commit(&mut cluster, 0, "after", 40);
     cluster.tick_until(100, "all four nodes to settle", settled);
     for harness in &cluster.nodes[1..] {
