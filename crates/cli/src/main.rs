@@ -70,13 +70,19 @@ enum KeysCommand {
 
 #[derive(Subcommand, Debug)]
 enum LedgerCommand {
-    /// Check every entry, Merkle root, signature and node endorsement of a ledger directory.
+    /// Check every entry, Merkle root, signature and node endorsement of a ledger directory,
+    /// and its committed snapshots: their evidence, and their agreement with the ledger.
     Verify {
         /// Directory holding ledger_* chunk files.
         dir: PathBuf,
         /// The service certificate (PEM) that must have endorsed every signing node.
         #[arg(long)]
         service_cert: PathBuf,
+        /// Directory of snapshot_*.committed files to check too (default: `snapshots` next
+        /// to DIR, when it exists). A ledger that starts after seqno 1 is verified from the
+        /// oldest of them that covers its start.
+        #[arg(long)]
+        snapshots: Option<PathBuf>,
     },
 }
 
@@ -103,8 +109,13 @@ fn main() -> ExitCode {
             command: KeysCommand::New { name, out },
         } => keys::new_identity(&name, &out),
         Command::Ledger {
-            command: LedgerCommand::Verify { dir, service_cert },
-        } => verify::ledger(&dir, &service_cert),
+            command:
+                LedgerCommand::Verify {
+                    dir,
+                    service_cert,
+                    snapshots,
+                },
+        } => verify::ledger(&dir, &service_cert, snapshots.as_deref()),
         Command::Receipt {
             command: ReceiptCommand::Verify { file, service_cert },
         } => verify::receipt(&file, &service_cert),

@@ -24,6 +24,9 @@ pub struct SandboxArgs {
     /// Signature every T milliseconds.
     #[arg(long, default_value_t = 100)]
     pub signature_interval_ms: u64,
+    /// Write a snapshot every N committed transactions (0: never).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_interval_txs: u64,
     /// Complete a ledger chunk at the first signature after it reaches this many bytes.
     #[arg(long, default_value_t = 5_000_000)]
     pub chunk_bytes_max: u64,
@@ -197,6 +200,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             signature_interval_txs: args.signature_interval_txs,
             signature_interval_ms: args.signature_interval_ms,
             chunk_bytes_max: args.chunk_bytes_max,
+            snapshot_interval_txs: args.snapshot_interval_txs,
             body_bytes_max: 1 << 20,
             gov_request_window_s: 300,
         };

@@ -1,6 +1,9 @@
 //! The offline subcommands of the real `charter` binary: `keys new`, `ledger verify` and
 //! `receipt verify`.
 
+#[path = "../../core/tests/harness/mod.rs"]
+mod harness;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -505,4 +508,110 @@ fn receipt_verify_rejects_garbage() {
         "{}",
         stderr(&output)
     );
+}
+
+/// A node directory as a host leaves it: `ledger/` chunk files from seqno `first` and
+/// `snapshots/` with the committed snapshots, written by the core in memory.
+fn write_node_dir(node: &harness::Harness, dir: &Path, first: u64) {
+    let ledger = dir.join("ledger");
+    let snapshots = dir.join("snapshots");
+    std::fs::create_dir_all(&ledger).unwrap();
+    std::fs::create_dir_all(&snapshots).unwrap();
+    for file in node.chunk_files(first) {
+        std::fs::write(ledger.join(&file.name), &file.bytes).unwrap();
+    }
+    for (seqno, file) in &node.committed_snapshots {
+        std::fs::write(snapshots.join(format!("snapshot_{seqno}.committed")), file).unwrap();
+    }
+    // An uncommitted snapshot is not checked.
+    std::fs::write(snapshots.join("snapshot_1"), b"not committed").unwrap();
+}
+
+#[test]
+fn ledger_verify_checks_committed_snapshots() {
+    let mut node = harness::Harness::new_with(|config| {
+        config.snapshot_interval_txs = 20;
+        config.signature_interval_txs = 5;
+    });
+    for index in 0..30 {
+        node.put(&format!("k{index}"), b"value");
+    }
+    for _ in 0..10 {
+        node.tick(150);
+    }
+    let (&seqno, _) = node
+        .committed_snapshots
+        .iter()
+        .next_back()
+        .expect("a snapshot");
+    let dir = tempfile::tempdir().unwrap();
+    let service_pem = dir.path().join("service_cert.pem");
+    std::fs::write(&service_pem, node.service.to_pem()).unwrap();
+    let whole = dir.path().join("whole");
+    write_node_dir(&node, &whole, 1);
+    let verify = |ledger: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "ledger",
+            "verify",
+            path_str(ledger),
+            "--service-cert",
+            path_str(&service_pem),
+        ];
+        args.extend_from_slice(extra);
+        charter(&args)
+    };
+
+    // The snapshots next to the ledger are checked by default.
+    let output = verify(&whole.join("ledger"), &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let count = node.committed_snapshots.len();
+    assert!(
+        stdout(&output).contains(&format!(", {count} committed snapshots")),
+        "{}",
+        stdout(&output)
+    );
+    // --snapshots names another directory (here an empty one).
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let output = verify(&whole.join("ledger"), &["--snapshots", path_str(&empty)]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        !stdout(&output).contains("snapshots"),
+        "{}",
+        stdout(&output)
+    );
+
+    // A node that started from a snapshot holds the ledger after it only.
+    let suffix = dir.path().join("suffix");
+    write_node_dir(&node, &suffix, seqno - 2);
+    let output = verify(&suffix.join("ledger"), &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains(&format!("verified from the snapshot at seqno {seqno}")),
+        "{}",
+        stdout(&output)
+    );
+    let output = verify(&suffix.join("ledger"), &["--snapshots", path_str(&empty)]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("instead of 1"),
+        "{}",
+        stderr(&output)
+    );
+
+    // One flipped byte in a snapshot is reported with the file's name.
+    let name = format!("snapshot_{seqno}.committed");
+    let path = whole.join("snapshots").join(&name);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let output = verify(&whole.join("ledger"), &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.starts_with("error: ledger verification failed"),
+        "{message}"
+    );
+    assert!(message.contains(&name), "{message}");
 }

@@ -14,12 +14,15 @@
 //! assert!(consensus.is_leader());
 //! ```
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
-    EntryType, HardState, Message,
+    EntryType, HardState, Message, MessageType, Snapshot,
 };
 use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::{GetEntriesContext, RaftState, RawNode, StateRole, Storage, StorageError};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -36,6 +39,9 @@ pub enum ConsensusError {
     /// raft-rs refused an operation.
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    /// The restored log or snapshot base is inconsistent.
+    #[error("cannot restore the Raft log: {0}")]
+    Restore(String),
 }
 
 /// What a log entry carries.
@@ -76,10 +82,27 @@ pub struct HardStateRecord {
 /// What a node restores from disk at start.
 #[derive(Clone, Debug, Default)]
 pub struct Restored {
-    /// Log entries from seqno 1, in order.
+    /// Log entries in order: from seqno 1, or from the seqno after the snapshot's.
     pub entries: Vec<LogEntry>,
     /// Hard state saved last.
     pub hard_state: HardStateRecord,
+    /// The committed snapshot file the log continues from, if the node does not hold the
+    /// ledger from seqno 1. Consensus does not read it: the node core decodes it and passes
+    /// the Raft part as [`ConsensusConfig::base`].
+    pub snapshot: Option<Vec<u8>>,
+}
+
+/// The point a log continues from when the entries before it are not held (the node started
+/// from a snapshot): the Raft part of that snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogBase {
+    /// Seqno of the last entry the snapshot covers; the log holds entries from `seqno + 1`.
+    pub seqno: u64,
+    /// View (term) of that entry.
+    pub view: u64,
+    /// Every configuration change (protobuf `ConfChangeV2`) up to `seqno`, in log order; the
+    /// voters at `seqno` are the initial voters changed by each.
+    pub conf_changes: Vec<Vec<u8>>,
 }
 
 /// Configuration of one Raft member.
@@ -95,6 +118,9 @@ pub struct ConsensusConfig {
     pub heartbeat_ticks: usize,
     /// Seed of the election-timeout RNG.
     pub seed: u64,
+    /// Where the log starts when the node started from a snapshot; `None` for a log from
+    /// seqno 1. `voters` are then still the initial voters, changed by the base's changes.
+    pub base: Option<LogBase>,
 }
 
 impl ConsensusConfig {
@@ -106,6 +132,7 @@ impl ConsensusConfig {
             election_timeout_ticks: 10,
             heartbeat_ticks: 2,
             seed,
+            base: None,
         }
     }
 }
@@ -143,9 +170,85 @@ pub enum Output {
     },
 }
 
+/// raft-rs's in-memory log, except that it never hands out a Raft snapshot.
+///
+/// Charter replicates the ledger entry by entry and starts nodes from ledger snapshots, which
+/// carry the key-value state that a Raft snapshot of raft-rs's memory storage would lack. If a
+/// leader ever needs entries it does not hold (it started from a snapshot itself and a peer is
+/// further behind), raft-rs asks for a snapshot: this storage refuses ("temporarily
+/// unavailable", so raft-rs keeps the peer waiting instead of failing) and records the peer,
+/// which [`Consensus::peers_needing_snapshot`] reports.
+#[derive(Clone)]
+struct LogStorage {
+    memory: MemStorage,
+    snapshot_requests: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+impl Storage for LogStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.memory.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.memory.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        self.memory.term(index)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.memory.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.memory.last_index()
+    }
+
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A poisoned lock only loses the report, never the refusal.
+        if let Ok(mut peers) = self.snapshot_requests.lock() {
+            peers.insert(to);
+        }
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
+    }
+}
+
+/// The configuration after applying `changes` (protobuf `ConfChangeV2`s) to `voters`, worked
+/// out by a scratch raft-rs node so that joint configurations come out exactly as a live node
+/// would have them.
+fn conf_state_after(
+    config: &ConsensusConfig,
+    changes: &[Vec<u8>],
+) -> Result<ConfState, ConsensusError> {
+    let storage = MemStorage::new_with_conf_state(ConfState::from((config.voters.clone(), vec![])));
+    let raft_config = raft::Config {
+        id: config.id,
+        election_tick: config.election_timeout_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        ..Default::default()
+    };
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let mut scratch = RawNode::new(&raft_config, storage, &logger)?;
+    for bytes in changes {
+        let change: ConfChangeV2 = protobuf::Message::parse_from_bytes(bytes)
+            .map_err(|error| ConsensusError::Restore(format!("configuration change: {error}")))?;
+        scratch.apply_conf_change(&change)?;
+    }
+    Ok(scratch.raft.prs().conf().to_conf_state())
+}
+
 /// raft-rs wrapped for a sans-I/O core.
 pub struct Consensus {
-    node: RawNode<MemStorage>,
+    node: RawNode<LogStorage>,
     rng: ChaCha20Rng,
     min_timeout: usize,
     /// Messages that may go out only after the ready with this number is durable.
@@ -199,23 +302,56 @@ impl Consensus {
     pub fn new(config: &ConsensusConfig, restored: Restored) -> Result<Consensus, ConsensusError> {
         assert!(config.id != 0);
         assert!(config.election_timeout_ticks > config.heartbeat_ticks);
-        let storage =
-            MemStorage::new_with_conf_state(ConfState::from((config.voters.clone(), vec![])));
-        let last_index = restored.entries.last().map_or(0, |entry| entry.seqno);
-        let commit = restored.hard_state.commit.min(last_index);
+        let (base_seqno, base_view) = config
+            .base
+            .as_ref()
+            .map_or((0, 0), |base| (base.seqno, base.view));
+        for (offset, entry) in restored.entries.iter().enumerate() {
+            let expected = base_seqno + 1 + offset as u64;
+            if entry.seqno != expected {
+                return Err(ConsensusError::Restore(format!(
+                    "entry {} found where {expected} was expected",
+                    entry.seqno
+                )));
+            }
+        }
+        let conf_state = match &config.base {
+            None => ConfState::from((config.voters.clone(), vec![])),
+            Some(base) => conf_state_after(config, &base.conf_changes)?,
+        };
+        let storage = MemStorage::new_with_conf_state(conf_state.clone());
+        let last_index = restored
+            .entries
+            .last()
+            .map_or(base_seqno, |entry| entry.seqno);
+        // Everything up to the base is committed: the snapshot was taken at a committed point.
+        let commit = restored.hard_state.commit.max(base_seqno).min(last_index);
         {
             let mut writer = storage.wl();
+            if config.base.is_some() {
+                let mut snapshot = Snapshot::default();
+                let metadata = snapshot.mut_metadata();
+                metadata.index = base_seqno;
+                metadata.term = base_view;
+                metadata.set_conf_state(conf_state);
+                writer.apply_snapshot(snapshot)?;
+            }
             let entries: Vec<Entry> = restored.entries.iter().map(to_raft_entry).collect();
             writer.append(&entries)?;
             let mut hard_state = HardState::default();
             hard_state.term = restored
                 .hard_state
                 .term
+                .max(base_view)
                 .max(restored.entries.last().map_or(0, |entry| entry.view));
             hard_state.vote = restored.hard_state.vote;
             hard_state.commit = commit;
             writer.set_hardstate(hard_state);
         }
+        let storage = LogStorage {
+            memory: storage,
+            snapshot_requests: Arc::new(Mutex::new(BTreeSet::new())),
+        };
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_timeout_ticks,
@@ -237,7 +373,7 @@ impl Consensus {
         {
             let change = decode_conf_change(&to_raft_entry(entry))?;
             let conf_state = node.apply_conf_change(&change)?;
-            node.mut_store().wl().set_conf_state(conf_state);
+            node.mut_store().memory.wl().set_conf_state(conf_state);
         }
         let mut consensus = Consensus {
             node,
@@ -287,6 +423,13 @@ impl Consensus {
     pub fn step(&mut self, bytes: &[u8]) -> Result<(), ConsensusError> {
         let message: Message = protobuf::Message::parse_from_bytes(bytes)
             .map_err(|error| ConsensusError::MalformedMessage(error.to_string()))?;
+        if message.get_msg_type() == MessageType::MsgSnapshot {
+            // Charter leaders never send Raft snapshots (see `LogStorage`); one would carry no
+            // key-value state, so it is refused rather than installed.
+            return Err(ConsensusError::MalformedMessage(
+                "Raft snapshots are not accepted: nodes start from ledger snapshots".to_owned(),
+            ));
+        }
         let result = self.node.step(message);
         self.after_raft_call();
         Ok(result?)
@@ -409,7 +552,7 @@ impl Consensus {
             let mut change = ConfChangeV2::default();
             change.set_changes(vec![single].into());
             let conf_state = self.node.apply_conf_change(&change)?;
-            self.node.mut_store().wl().set_conf_state(conf_state);
+            self.node.mut_store().memory.wl().set_conf_state(conf_state);
         }
         Ok(())
     }
@@ -483,12 +626,30 @@ impl Consensus {
         self.node.raft.raft_log.committed
     }
 
-    /// Term of the entry at `seqno`, if it is in the log.
+    /// First index the log holds an entry for: 1, or one after the snapshot it started from.
+    pub fn first_index(&self) -> u64 {
+        self.node.raft.raft_log.first_index()
+    }
+
+    /// Term of the entry at `seqno`, if it is in the log (or is the snapshot point the log
+    /// starts after).
     pub fn term_at(&self, seqno: u64) -> Option<u64> {
-        if seqno == 0 || seqno > self.last_index() {
+        if seqno == 0 || seqno > self.last_index() || seqno + 1 < self.first_index() {
             return None;
         }
         self.node.raft.raft_log.term(seqno).ok()
+    }
+
+    /// Peers that needed entries this leader does not hold (it started from a snapshot and
+    /// they are further behind): raft-rs asked for a Raft snapshot to send them, which Charter
+    /// never sends. Such a peer must itself start from a ledger snapshot.
+    pub fn peers_needing_snapshot(&self) -> Vec<u64> {
+        self.node
+            .store()
+            .snapshot_requests
+            .lock()
+            .map(|peers| peers.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Tells raft-rs that everything up to sync token `token` is durable, and releases the
@@ -524,14 +685,15 @@ impl Consensus {
             let mut ready = self.node.ready();
             push_messages(out, ready.take_messages());
             if !ready.snapshot().is_empty() {
-                // Snapshots arrive with the replication work; none is produced yet.
-                unreachable!("raft snapshots are not produced by Charter yet");
+                // A ready carries a snapshot only after a MsgSnapshot was stepped, and `step`
+                // refuses those.
+                unreachable!("Raft snapshots are refused in Consensus::step");
             }
             let committed = ready.take_committed_entries();
             let entries = ready.take_entries();
             if !entries.is_empty() {
                 // raft-rs reads its own entries back from storage, so store them before advancing.
-                if let Err(error) = self.node.mut_store().wl().append(&entries) {
+                if let Err(error) = self.node.mut_store().memory.wl().append(&entries) {
                     panic!("raft storage rejected entries it produced: {error}");
                 }
                 out.push(Output::Append(
@@ -539,7 +701,11 @@ impl Consensus {
                 ));
             }
             if let Some(hard_state) = ready.hs() {
-                self.node.mut_store().wl().set_hardstate(hard_state.clone());
+                self.node
+                    .mut_store()
+                    .memory
+                    .wl()
+                    .set_hardstate(hard_state.clone());
                 out.push(Output::HardState(HardStateRecord {
                     term: hard_state.term,
                     vote: hard_state.vote,
@@ -554,7 +720,7 @@ impl Consensus {
                     // Committed entries come from our own log, so they decode.
                     if let Ok(change) = decode_conf_change(entry) {
                         if let Ok(conf_state) = self.node.apply_conf_change(&change) {
-                            self.node.mut_store().wl().set_conf_state(conf_state);
+                            self.node.mut_store().memory.wl().set_conf_state(conf_state);
                             out.push(Output::ConfChanged {
                                 voters: self.voters(),
                             });
@@ -669,6 +835,7 @@ mod tests {
                 vote: 1,
                 commit: 2,
             },
+            snapshot: None,
         };
         let mut consensus = Consensus::new(&ConsensusConfig::single(1, 1), restored).unwrap();
         consensus.campaign().unwrap();
@@ -694,6 +861,181 @@ mod tests {
             seen
         };
         assert_eq!(timeouts(5), timeouts(5));
+    }
+
+    fn entries(views: &[(u64, u64)]) -> Vec<LogEntry> {
+        views
+            .iter()
+            .map(|(view, seqno)| LogEntry {
+                view: *view,
+                seqno: *seqno,
+                data: format!("entry {seqno}").into_bytes(),
+                kind: LogKind::Normal,
+            })
+            .collect()
+    }
+
+    fn pair_config(id: u64, base: Option<LogBase>) -> ConsensusConfig {
+        ConsensusConfig {
+            voters: vec![1, 2],
+            base,
+            ..ConsensusConfig::single(id, id)
+        }
+    }
+
+    /// Delivers messages between two members until quiet, making everything durable at once.
+    /// Returns the entries each appended, by member index.
+    fn exchange(members: &mut [Consensus; 2]) -> [Vec<LogEntry>; 2] {
+        let mut appended: [Vec<LogEntry>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..100 {
+            let mut quiet = true;
+            for index in 0..2 {
+                let mut out = Vec::new();
+                members[index].drain(&mut out);
+                let mut released = Vec::new();
+                for output in &out {
+                    if let Output::Sync(token) = output {
+                        members[index].on_durable(*token, &mut released);
+                    }
+                }
+                out.extend(released);
+                for output in out {
+                    quiet = false;
+                    match output {
+                        Output::Send { to, bytes } => {
+                            let _ = members[(to - 1) as usize].step(&bytes);
+                        }
+                        Output::Append(entries) => appended[index].extend(entries),
+                        _ => {}
+                    }
+                }
+            }
+            if quiet {
+                return appended;
+            }
+        }
+        panic!("the members did not quiesce");
+    }
+
+    #[test]
+    fn a_log_restored_after_a_base_answers_for_the_base_only() {
+        let base = LogBase {
+            seqno: 6,
+            view: 2,
+            conf_changes: Vec::new(),
+        };
+        let restored = Restored {
+            entries: entries(&[(2, 7), (3, 8)]),
+            ..Restored::default()
+        };
+        let config = ConsensusConfig {
+            base: Some(base.clone()),
+            ..ConsensusConfig::single(1, 1)
+        };
+        let consensus = Consensus::new(&config, restored).unwrap();
+        assert_eq!(consensus.first_index(), 7);
+        assert_eq!(consensus.last_index(), 8);
+        assert_eq!(consensus.commit_index(), 6, "the base is committed");
+        assert_eq!(consensus.term_at(6), Some(2));
+        assert_eq!(consensus.term_at(5), None);
+        assert_eq!(consensus.term_at(8), Some(3));
+        assert_eq!(consensus.voters(), vec![1]);
+        // Entries must continue the base.
+        let gap = Restored {
+            entries: entries(&[(2, 8)]),
+            ..Restored::default()
+        };
+        assert!(matches!(
+            Consensus::new(&config, gap),
+            Err(ConsensusError::Restore(_))
+        ));
+        // The voters at the base are the initial voters changed by the base's changes.
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(ConfChangeType::AddNode);
+        single.node_id = 2;
+        let mut change = ConfChangeV2::default();
+        change.set_changes(vec![single].into());
+        let config = ConsensusConfig {
+            base: Some(LogBase {
+                conf_changes: vec![protobuf::Message::write_to_bytes(&change).unwrap()],
+                ..base
+            }),
+            ..ConsensusConfig::single(1, 1)
+        };
+        let consensus = Consensus::new(&config, Restored::default()).unwrap();
+        assert_eq!(consensus.voters(), vec![1, 2]);
+        assert_eq!(consensus.last_index(), 6);
+    }
+
+    #[test]
+    fn a_leader_replicates_to_a_member_that_started_from_a_base() {
+        let log: Vec<(u64, u64)> = (1..=10).map(|seqno| (1, seqno)).collect();
+        let leader = Consensus::new(
+            &pair_config(1, None),
+            Restored {
+                entries: entries(&log),
+                hard_state: HardStateRecord {
+                    term: 1,
+                    vote: 1,
+                    commit: 6,
+                },
+                snapshot: None,
+            },
+        )
+        .unwrap();
+        let base = LogBase {
+            seqno: 6,
+            view: 1,
+            conf_changes: Vec::new(),
+        };
+        let follower = Consensus::new(&pair_config(2, Some(base)), Restored::default()).unwrap();
+        let mut members = [leader, follower];
+        members[0].campaign().unwrap();
+        let appended = exchange(&mut members);
+        assert!(members[0].is_leader());
+        // The follower received exactly the entries after its base (§5.3: the leader backs
+        // off to the follower's last index and sends from there).
+        let seqnos: Vec<u64> = appended[1].iter().map(|entry| entry.seqno).collect();
+        assert_eq!(seqnos.first(), Some(&7), "{seqnos:?}");
+        assert_eq!(members[1].last_index(), members[0].last_index());
+        assert_eq!(members[1].term_at(9), Some(1));
+        assert!(members[0].peers_needing_snapshot().is_empty());
+    }
+
+    #[test]
+    fn a_leader_without_old_entries_never_sends_a_raft_snapshot() {
+        let base = LogBase {
+            seqno: 6,
+            view: 1,
+            conf_changes: Vec::new(),
+        };
+        let leader = Consensus::new(&pair_config(1, Some(base)), Restored::default()).unwrap();
+        let empty = Consensus::new(&pair_config(2, None), Restored::default()).unwrap();
+        let mut members = [leader, empty];
+        members[0].campaign().unwrap();
+        let appended = exchange(&mut members);
+        assert!(members[0].is_leader());
+        assert!(appended[1].is_empty(), "nothing can be replicated");
+        assert_eq!(members[0].peers_needing_snapshot(), vec![2]);
+        assert_eq!(members[1].last_index(), 0);
+    }
+
+    #[test]
+    fn raft_snapshot_messages_are_refused() {
+        let mut consensus =
+            Consensus::new(&ConsensusConfig::single(1, 1), Restored::default()).unwrap();
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgSnapshot);
+        message.to = 1;
+        message.from = 2;
+        message.term = 5;
+        message.mut_snapshot().mut_metadata().index = 10;
+        let bytes = protobuf::Message::write_to_bytes(&message).unwrap();
+        assert!(matches!(
+            consensus.step(&bytes),
+            Err(ConsensusError::MalformedMessage(_))
+        ));
+        assert_eq!(consensus.last_index(), 0);
     }
 
     #[test]

@@ -255,6 +255,8 @@ fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
                     "commit_seqno": node.commit_tx_id().seqno,
                     "voters": node.voters(),
                     "peers": peers,
+                    "peers_needing_snapshot": node.peers_needing_snapshot(),
+                    "snapshot_base_seqno": node.base_seqno(),
                 }),
             )
         }
@@ -290,6 +292,11 @@ fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
                 "charter_role_changes",
                 "Leadership or term changes seen since start.",
                 node.role_changes().to_string(),
+            );
+            metric(
+                "charter_peers_needing_snapshot",
+                "Peers that need entries before the snapshot this primary started from.",
+                node.peers_needing_snapshot().len().to_string(),
             );
             text.push_str("# HELP charter_replication_lag Entries a voter is behind the primary's log.\n# TYPE charter_replication_lag gauge\n");
             for (id, matched) in node.replication_progress() {

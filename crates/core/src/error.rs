@@ -15,6 +15,10 @@ pub enum CoreError {
     /// The restored ledger is not usable (e.g. no genesis transaction).
     #[error("cannot restore: {0}")]
     Restore(String),
+    /// A snapshot to start from was refused: its evidence does not verify against the
+    /// service certificate, it does not match its evidence, or it does not decrypt.
+    #[error("snapshot refused: {0}")]
+    Snapshot(String),
     /// Consensus failed.
     #[error("consensus: {0}")]
     Consensus(#[from] charter_consensus::ConsensusError),

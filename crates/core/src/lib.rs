@@ -31,10 +31,11 @@ pub mod tables;
 
 pub use api::{Method, Request, RequestId, Response};
 pub use app::{AppContext, Application, Historical, HistoricalTx};
-pub use charter_consensus::{HardStateRecord, LogEntry, LogKind, Restored};
+pub use charter_consensus::{HardStateRecord, LogBase, LogEntry, LogKind, Restored};
 pub use error::CoreError;
 pub use join::ENDORSED_CERT_DAYS;
 pub use node::{
     raft_id, Action, FetchedEntries, Input, Node, NodeConfig, StartMode, TxStatus,
     FORWARDED_HEADER, GENESIS_VOTERS_KEY, RAFT_MAP, READ_CONSISTENCY_HEADER,
+    SNAPSHOTS_AWAITING_EVIDENCE_MAX,
 };

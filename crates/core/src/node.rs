@@ -2,14 +2,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use charter_consensus::{Consensus, ConsensusConfig, LogEntry, LogKind, Output, Restored};
+use charter_consensus::{Consensus, ConsensusConfig, LogBase, LogEntry, LogKind, Output, Restored};
 use charter_crypto::{Certificate, Digest, LedgerSecret, SigningKey};
 use charter_kv::{Store, Tx, WriteSet};
 use charter_ledger::merkle::MerkleTree;
-use charter_ledger::tables::{NODES_MAP, SERVICE_KEY, SERVICE_MAP, SIGNATURES_MAP, SIGNATURE_KEY};
+use charter_ledger::snapshot::view_at;
+use charter_ledger::tables::{
+    NODES_MAP, SERVICE_KEY, SERVICE_MAP, SIGNATURES_MAP, SIGNATURE_KEY, SNAPSHOT_EVIDENCE_MAP,
+};
 use charter_ledger::{
-    commit_evidence, decode_entry, encode_conf_change, encode_entry, encode_noop, EntryKind,
-    EntryParts, NodeInfo, NodeStatus, Receipt, ServiceInfo, ServiceStatus, SignatureRecord, TxId,
+    commit_evidence, decode_entry, encode_conf_change, encode_entry, encode_noop, encode_snapshot,
+    verify_committed_snapshot, EntryKind, EntryParts, NodeInfo, NodeStatus, Receipt, ServiceInfo,
+    ServiceStatus, SignatureRecord, SnapshotContents, SnapshotEvidence, SnapshotLeaf, TxId,
 };
 
 use crate::api::{Request, RequestId, Response};
@@ -120,6 +124,24 @@ pub enum Action {
         /// Seqno of the last entry of the chunk.
         last_seqno: u64,
     },
+    /// Save this snapshot of the state at the committed signature `seqno` durably (as
+    /// `snapshot_SEQNO`). Every node emits the same bytes for the same seqno. Nothing waits
+    /// for it: a lost snapshot only means a later one is used.
+    WriteSnapshot {
+        /// Seqno of the signature transaction the snapshot is taken at.
+        seqno: u64,
+        /// The snapshot (`charter_ledger::snapshot` format).
+        bytes: Vec<u8>,
+    },
+    /// The evidence transaction of the snapshot at `seqno` is committed: store the snapshot
+    /// written for [`Action::WriteSnapshot`] followed by `evidence` as the committed snapshot
+    /// file (`charter_ledger::encode_committed_snapshot`, named `snapshot_SEQNO.committed`).
+    CommitSnapshot {
+        /// Seqno of the snapshot.
+        seqno: u64,
+        /// JSON receipt of the evidence transaction (as `/app/receipt` returns it).
+        evidence: Vec<u8>,
+    },
 }
 
 /// The status of a transaction ID, as CCF reports it.
@@ -180,11 +202,14 @@ pub struct NodeConfig {
     pub evidence: charter_attest::Evidence,
     /// Signed governance requests must be created within this many seconds of the node's time.
     pub gov_request_window_s: u64,
+    /// Take a snapshot at the first signature at least this many seqnos after the previous
+    /// snapshot (0: never).
+    pub snapshot_interval_txs: u64,
 }
 
 impl NodeConfig {
     /// A configuration with CCF's defaults: a signature every 5,000 transactions or 100 ms,
-    /// 5 MB chunks.
+    /// 5 MB chunks, a snapshot every 10,000 transactions.
     pub fn new(
         node_key: SigningKey,
         node_cert: Certificate,
@@ -207,6 +232,7 @@ impl NodeConfig {
             rpc_address: String::new(),
             node_address: String::new(),
             service_key: None,
+            snapshot_interval_txs: 10_000,
         }
     }
 }
@@ -220,11 +246,17 @@ pub enum StartMode {
         /// Members' certificates.
         members: Vec<Certificate>,
     },
-    /// Restart from the ledger entries and Raft state on disk.
+    /// Restart from the ledger entries and Raft state on disk: from seqno 1, or from
+    /// `Restored::snapshot` (a committed snapshot file) and the entries after it.
     Restart(Restored),
-    /// Join an existing network as a new, empty node: the primary adds it to the
-    /// configuration once governance trusts it, and replicates the ledger to it.
-    Join,
+    /// Join an existing network: the primary adds the node to the configuration once
+    /// governance trusts it, and replicates the ledger to it from seqno 1, or from the seqno
+    /// after `snapshot`.
+    Join {
+        /// A committed snapshot file (`snapshot_SEQNO.committed`) to start from, checked
+        /// against the service certificate and the ledger secret before it is used.
+        snapshot: Option<Vec<u8>>,
+    },
 }
 
 /// What the node remembers of each transaction to build receipts.
@@ -233,6 +265,16 @@ struct LeafInfo {
     write_set_digest: Digest,
     claims_digest: Digest,
 }
+
+/// A snapshot point ingested but not yet committed: the state to serialize once it is.
+#[derive(Clone, Debug)]
+struct SnapshotPoint {
+    view: u64,
+    store: Store,
+}
+
+/// Most snapshots a node remembers writing while their evidence is not yet committed.
+pub const SNAPSHOTS_AWAITING_EVIDENCE_MAX: usize = 4;
 
 /// Largest number of uncommitted entries a primary accepts before refusing writes.
 pub const UNCOMMITTED_ENTRIES_MAX: u64 = 200_000;
@@ -282,6 +324,22 @@ pub struct Node {
     historical: HistoricalCache,
     /// Sequence of sync tokens handed to the host.
     pending_syncs: HashMap<u64, ()>,
+    /// Seqno of the snapshot this node started from; 0 when it holds the ledger from seqno 1.
+    base_seqno: u64,
+    /// `(view, first seqno)` of every view in the ledger, increasing.
+    views: Vec<(u64, u64)>,
+    /// Raft configuration changes in the ledger (protobuf bytes) by seqno.
+    conf_changes: BTreeMap<u64, Vec<u8>>,
+    /// Snapshot points ingested and not yet committed, by seqno.
+    snapshot_points: BTreeMap<u64, SnapshotPoint>,
+    /// The last snapshot point written (or started from).
+    snapshot_last: u64,
+    /// Snapshots this node wrote whose evidence is not yet committed: seqno to digest.
+    snapshots_written: BTreeMap<u64, Digest>,
+    /// Evidence transactions in the ledger by their seqno: (snapshot seqno, digest).
+    snapshot_evidence: BTreeMap<u64, (u64, Digest)>,
+    /// Replaying restored entries: only the newest snapshot point is kept.
+    replaying: bool,
     /// Changes whenever the nodes table may have changed (hosts refresh their peers then).
     nodes_version: u64,
     /// Linearizable reads waiting for a signature written after them to commit in their view.
@@ -324,10 +382,13 @@ impl Node {
         let node_id = config.node_key.verifying_key().id_hex();
         let raft_id = raft_id(&node_id);
         let mut consensus_config = ConsensusConfig::single(raft_id, config.seed);
-        let (restored, genesis, joining) = match mode {
-            StartMode::Genesis { members } => (Restored::default(), Some(members), false),
-            StartMode::Restart(restored) => (restored, None, false),
-            StartMode::Join => (Restored::default(), None, true),
+        let (restored, genesis, joining, snapshot) = match mode {
+            StartMode::Genesis { members } => (Restored::default(), Some(members), false, None),
+            StartMode::Restart(mut restored) => {
+                let snapshot = restored.snapshot.take();
+                (restored, None, false, snapshot)
+            }
+            StartMode::Join { snapshot } => (Restored::default(), None, true, snapshot),
         };
         let mut node = Node {
             node_id,
@@ -357,7 +418,19 @@ impl Node {
             pending_syncs: HashMap::new(),
             nodes_version: 0,
             pending_reads: Vec::new(),
+            base_seqno: 0,
+            views: Vec::new(),
+            conf_changes: BTreeMap::new(),
+            snapshot_points: BTreeMap::new(),
+            snapshot_last: 0,
+            snapshots_written: BTreeMap::new(),
+            snapshot_evidence: BTreeMap::new(),
+            replaying: false,
             config,
+        };
+        let base = match snapshot {
+            Some(file) => Some(node.start_from_snapshot(&file)?),
+            None => None,
         };
         let mut restored = node.replay(restored, out)?;
         // The network's first configuration is the genesis node alone, recorded in the ledger;
@@ -368,11 +441,9 @@ impl Node {
             None if joining => Vec::new(),
             None => vec![raft_id],
         };
-        let alone = consensus_config.voters == [raft_id]
-            && !restored
-                .entries
-                .iter()
-                .any(|entry| entry.kind == LogKind::ConfChange);
+        // The voters at the base (if any) are the initial voters changed by its changes.
+        consensus_config.base = base;
+        let alone = consensus_config.voters == [raft_id] && node.conf_changes.is_empty();
         if alone {
             // A single voter committed everything up to its last durable signature.
             restored.hard_state.commit = node.ingested;
@@ -381,6 +452,7 @@ impl Node {
         node.replicated = node.consensus.voters() != [raft_id];
         node.raft_commit = node.consensus.commit_index();
         node.commit_seqno = node.last_signature_at_or_before(node.raft_commit);
+        node.snapshots_on_commit(out);
         if alone {
             node.consensus.campaign()?;
         }
@@ -392,7 +464,207 @@ impl Node {
             // A new primary signs at once so that what it inherited commits promptly.
             node.emit_signature(out)?;
         }
+        node.write_snapshot_evidence(out)?;
         Ok(node)
+    }
+
+    /// Checks a committed snapshot file and takes the state from it: the evidence receipt
+    /// must verify against the service certificate, carry this service's commit evidence and
+    /// the snapshot's digest, and the snapshot must decrypt under the ledger secret. Returns
+    /// the Raft part, for consensus.
+    fn start_from_snapshot(&mut self, file: &[u8]) -> Result<LogBase, CoreError> {
+        let refuse = |reason: String| CoreError::Snapshot(reason);
+        let verified = verify_committed_snapshot(file, &self.config.service_cert)
+            .map_err(|error| refuse(error.to_string()))?;
+        let evidence = &verified.evidence.leaf_components.commit_evidence;
+        if *evidence != commit_evidence(&self.config.ledger_secret, verified.evidence_tx_id) {
+            return Err(refuse(
+                "the evidence transaction's commit evidence was not made with this service's \
+                 ledger secret"
+                    .to_owned(),
+            ));
+        }
+        let snapshot = &verified.snapshot;
+        let mut write_set = snapshot.public.clone();
+        write_set.merge(
+            snapshot
+                .decrypt_private(&self.config.ledger_secret)
+                .map_err(|error| refuse(error.to_string()))?,
+        );
+        let seqno = snapshot.seqno;
+        assert!(seqno > 0 && self.ingested == 0);
+        let mut store = Store::new();
+        // Decoding checked every name, key and value against the store's limits.
+        store.apply(&write_set, seqno);
+        self.store = store;
+        self.tree = verified.tree.clone();
+        self.leaves = snapshot
+            .leaves
+            .iter()
+            .map(|leaf| LeafInfo {
+                write_set_digest: leaf.write_set_digest,
+                claims_digest: leaf.claims_digest,
+            })
+            .collect();
+        self.signatures = snapshot.signatures.clone();
+        self.views = snapshot.views.clone();
+        self.conf_changes = snapshot.conf_changes.iter().cloned().collect();
+        self.ingested = seqno;
+        self.base_seqno = seqno;
+        self.snapshot_last = seqno;
+        // The base is committed; a rollback to it must find its state.
+        self.rollback_points.insert(seqno, self.store.clone());
+        self.refresh_service_status();
+        assert_eq!(self.tree.len(), seqno);
+        assert_eq!(self.leaves.len() as u64, seqno);
+        Ok(LogBase {
+            seqno,
+            view: snapshot.view,
+            conf_changes: snapshot
+                .conf_changes
+                .iter()
+                .map(|(_, change)| change.clone())
+                .collect(),
+        })
+    }
+
+    /// Serializes the snapshot points that are now committed, and asks the host to commit the
+    /// snapshots whose evidence transaction is now committed.
+    fn snapshots_on_commit(&mut self, out: &mut Vec<Action>) {
+        // Bounded by the number of points, one per snapshot interval of uncommitted entries.
+        while let Some(entry) = self.snapshot_points.first_entry() {
+            if *entry.key() > self.commit_seqno {
+                break;
+            }
+            let (seqno, point) = entry.remove_entry();
+            let bytes = self.encode_snapshot(seqno, &point);
+            self.snapshot_last = seqno;
+            self.snapshots_written
+                .insert(seqno, charter_crypto::sha256(&bytes));
+            while self.snapshots_written.len() > SNAPSHOTS_AWAITING_EVIDENCE_MAX {
+                self.snapshots_written.pop_first();
+            }
+            out.push(Action::WriteSnapshot { seqno, bytes });
+        }
+        let later = self.snapshot_evidence.split_off(&(self.commit_seqno + 1));
+        let committed = std::mem::replace(&mut self.snapshot_evidence, later);
+        for (evidence_seqno, (seqno, digest)) in committed {
+            // Only a node holding the very bytes the evidence names commits its snapshot.
+            if self.snapshots_written.get(&seqno) != Some(&digest) {
+                continue;
+            }
+            let Some(view) = self.term_at(evidence_seqno) else {
+                continue;
+            };
+            let Ok(receipt) = self.receipt(TxId::new(view, evidence_seqno)) else {
+                continue;
+            };
+            // Serializing a JSON value cannot fail.
+            let evidence = serde_json::to_vec(&receipt.to_json()).expect("receipt serializes");
+            self.snapshots_written.remove(&seqno);
+            out.push(Action::CommitSnapshot { seqno, evidence });
+        }
+    }
+
+    /// The snapshot at the committed point `seqno`.
+    fn encode_snapshot(&self, seqno: u64, point: &SnapshotPoint) -> Vec<u8> {
+        assert!(seqno <= self.commit_seqno && seqno <= self.ingested);
+        let leaves: Vec<SnapshotLeaf> = self.leaves[..seqno as usize]
+            .iter()
+            .enumerate()
+            .map(|(index, info)| SnapshotLeaf {
+                write_set_digest: info.write_set_digest,
+                claims_digest: info.claims_digest,
+                // Every ingested entry has its leaf in the tree.
+                leaf: self.tree.leaf(index as u64).expect("a leaf per entry"),
+            })
+            .collect();
+        let signatures: Vec<SignatureRecord> = self
+            .signatures
+            .range(..=seqno)
+            .map(|(_, record)| record.clone())
+            .collect();
+        let views: Vec<(u64, u64)> = self
+            .views
+            .iter()
+            .copied()
+            .filter(|(_, first)| *first <= seqno)
+            .collect();
+        let conf_changes: Vec<(u64, Vec<u8>)> = self
+            .conf_changes
+            .range(..=seqno)
+            .map(|(at, change)| (*at, change.clone()))
+            .collect();
+        let store = point.store.snapshot();
+        encode_snapshot(
+            &SnapshotContents {
+                seqno,
+                view: point.view,
+                store: &store,
+                leaves: &leaves,
+                signatures: &signatures,
+                views: &views,
+                conf_changes: &conf_changes,
+            },
+            &self.config.ledger_secret,
+        )
+    }
+
+    /// The primary records the digest of every snapshot it (or an earlier primary) wrote and
+    /// whose evidence is not in the ledger yet, with the digest as claims digest so that the
+    /// transaction's receipt binds the snapshot.
+    fn write_snapshot_evidence(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        if !self.consensus.is_leader() {
+            return Ok(());
+        }
+        let due: Vec<(u64, Digest)> = self
+            .snapshots_written
+            .iter()
+            .filter(|(seqno, _)| {
+                self.store
+                    .get(SNAPSHOT_EVIDENCE_MAP, seqno.to_string().as_bytes())
+                    .is_none()
+            })
+            .map(|(seqno, digest)| (*seqno, *digest))
+            .collect();
+        for (seqno, digest) in due {
+            let record = SnapshotEvidence {
+                seqno,
+                digest: hex::encode(digest),
+            };
+            let mut write_set = WriteSet::new();
+            // Serializing a struct of an integer and a string cannot fail.
+            let value = serde_json::to_vec(&record).expect("evidence record serializes");
+            write_set.put(SNAPSHOT_EVIDENCE_MAP, seqno.to_string().as_bytes(), &value);
+            match self.write_transaction(EntryKind::Transaction, write_set, digest, out) {
+                Ok(_) => {}
+                // raft-rs drops proposals while leadership moves; the next primary (or this
+                // one, at its next step) writes the evidence instead.
+                Err(CoreError::Consensus(_)) => break,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// The view of the entry at `seqno`: from the view history before the snapshot this node
+    /// started from, from consensus after.
+    fn term_at(&self, seqno: u64) -> Option<u64> {
+        if seqno != 0 && seqno < self.base_seqno {
+            return view_at(&self.views, seqno);
+        }
+        self.consensus.term_at(seqno)
+    }
+
+    /// Raft IDs of peers that need entries this primary does not hold (it started from a
+    /// snapshot); they must start from a snapshot too. Empty on followers.
+    pub fn peers_needing_snapshot(&self) -> Vec<u64> {
+        self.consensus.peers_needing_snapshot()
+    }
+
+    /// Seqno of the snapshot this node started from (0 if it holds the ledger from seqno 1).
+    pub fn base_seqno(&self) -> u64 {
+        self.base_seqno
     }
 
     /// Replays restored entries up to the last signature into store and tree, truncating
@@ -402,6 +674,8 @@ impl Node {
         mut restored: Restored,
         out: &mut Vec<Action>,
     ) -> Result<Restored, CoreError> {
+        // Entries continue the snapshot the node started from, if any.
+        let base = self.ingested;
         let last_signature = restored
             .entries
             .iter()
@@ -414,17 +688,19 @@ impl Node {
         // A lone voter's unsigned tail was never acknowledged to anyone, so it is dropped. A
         // replica (its log holds configuration changes) keeps every durable entry: it may have
         // acknowledged them, and Raft counts on acknowledged entries surviving a restart.
-        let replica = restored
-            .entries
-            .iter()
-            .any(|entry| entry.kind == LogKind::ConfChange);
+        let replica = !self.conf_changes.is_empty()
+            || restored
+                .entries
+                .iter()
+                .any(|entry| entry.kind == LogKind::ConfChange);
         if !replica && last_signature < restored.entries.len() {
-            let from_seqno = last_signature as u64 + 1;
+            let from_seqno = base + last_signature as u64 + 1;
             out.push(Action::Truncate { from_seqno });
             restored.entries.truncate(last_signature);
         }
+        self.replaying = true;
         for (index, entry) in restored.entries.iter().enumerate() {
-            let expected = index as u64 + 1;
+            let expected = base + index as u64 + 1;
             if entry.seqno != expected {
                 return Err(CoreError::Restore(format!(
                     "entry {} found where {expected} was expected",
@@ -438,10 +714,11 @@ impl Node {
                 self.rollback_points.insert(entry.seqno, self.store.clone());
             }
         }
+        self.replaying = false;
         restored.hard_state.commit = restored
             .hard_state
             .commit
-            .min(restored.entries.len() as u64);
+            .min(base + restored.entries.len() as u64);
         Ok(restored)
     }
 
@@ -480,7 +757,7 @@ impl Node {
     /// The last committed transaction.
     pub fn commit_tx_id(&self) -> TxId {
         TxId::new(
-            self.consensus.term_at(self.commit_seqno).unwrap_or(0),
+            self.term_at(self.commit_seqno).unwrap_or(0),
             self.commit_seqno,
         )
     }
@@ -488,7 +765,7 @@ impl Node {
     /// The last transaction in the ledger.
     pub fn last_tx_id(&self) -> TxId {
         let last = self.consensus.last_index();
-        TxId::new(self.consensus.term_at(last).unwrap_or(0), last)
+        TxId::new(self.term_at(last).unwrap_or(0), last)
     }
 
     /// The TxID the next transaction written on this node will get.
@@ -576,7 +853,7 @@ impl Node {
         if tx_id.seqno == 0 {
             return TxStatus::Invalid;
         }
-        match self.consensus.term_at(tx_id.seqno) {
+        match self.term_at(tx_id.seqno) {
             Some(view) if view == tx_id.view => {
                 if tx_id.seqno <= self.commit_seqno {
                     TxStatus::Committed
@@ -718,6 +995,7 @@ impl Node {
             }
         }
         self.release_reads(out);
+        self.write_snapshot_evidence(out)?;
         Ok(())
     }
 
@@ -853,6 +1131,7 @@ impl Node {
                         // is paid once per signature, not once per write.
                         let keep = self.rollback_points.split_off(&self.commit_seqno);
                         self.rollback_points = keep;
+                        self.snapshots_on_commit(out);
                     }
                 }
                 Output::Role { is_leader, .. } => {
@@ -891,6 +1170,16 @@ impl Node {
         if decoded.tx_id != TxId::new(entry.view, entry.seqno) {
             return Err(bad(format!("entry says it is {}", decoded.tx_id)));
         }
+        match self.views.last() {
+            Some((view, _)) if *view == entry.view => {}
+            Some((view, _)) if *view > entry.view => {
+                return Err(bad(format!("view {} after view {view}", entry.view)))
+            }
+            _ => self.views.push((entry.view, entry.seqno)),
+        }
+        if entry.kind == LogKind::ConfChange {
+            self.conf_changes.insert(entry.seqno, entry.data.clone());
+        }
         let mut write_set = if decoded.public.is_empty() || decoded.kind == EntryKind::ConfChange {
             WriteSet::new()
         } else {
@@ -926,6 +1215,19 @@ impl Node {
             write_set_digest: decoded.write_set_digest(),
             claims_digest: decoded.claims_digest,
         });
+        if let Some(records) = write_set.maps.get(SNAPSHOT_EVIDENCE_MAP) {
+            // Evidence binds a snapshot only through the claims digest of its transaction.
+            for value in records.values().flatten() {
+                let record = serde_json::from_slice::<SnapshotEvidence>(value).ok();
+                let digest = record.as_ref().and_then(SnapshotEvidence::digest_bytes);
+                if let (Some(record), Some(digest)) = (record, digest) {
+                    if digest == decoded.claims_digest && record.seqno < entry.seqno {
+                        self.snapshot_evidence
+                            .insert(entry.seqno, (record.seqno, digest));
+                    }
+                }
+            }
+        }
         if !write_set.is_empty() {
             let service_changed = write_set.maps.contains_key(SERVICE_MAP);
             if write_set.maps.contains_key(NODES_MAP) {
@@ -943,12 +1245,43 @@ impl Node {
                 self.refresh_service_status();
             }
         }
+        if decoded.kind == EntryKind::Signature {
+            self.remember_snapshot_point(entry);
+        }
         self.ingested = entry.seqno;
         assert_eq!(self.tree.len(), self.ingested);
         if self.replicated && entry.seqno > self.commit_seqno {
             self.rollback_points.insert(entry.seqno, self.store.clone());
         }
         Ok(())
+    }
+
+    /// Remembers the state at a signature that is a snapshot point: the first signature at
+    /// least `snapshot_interval_txs` after the previous point. Every node ingests the same
+    /// entries, so every node picks the same points.
+    fn remember_snapshot_point(&mut self, entry: &LogEntry) {
+        let interval = self.config.snapshot_interval_txs;
+        if interval == 0 {
+            return;
+        }
+        let previous = self
+            .snapshot_points
+            .last_key_value()
+            .map_or(self.snapshot_last, |(seqno, _)| *seqno);
+        if entry.seqno < previous.saturating_add(interval) {
+            return;
+        }
+        if self.replaying {
+            // A restart serializes at most the newest point it replays.
+            self.snapshot_points.clear();
+        }
+        self.snapshot_points.insert(
+            entry.seqno,
+            SnapshotPoint {
+                view: entry.view,
+                store: self.store.clone(),
+            },
+        );
     }
 
     fn refresh_service_status(&mut self) {
@@ -1004,6 +1337,10 @@ impl Node {
             }
         };
         let _ = self.rollback_points.split_off(&(seqno + 1));
+        let _ = self.snapshot_points.split_off(&(seqno + 1));
+        let _ = self.snapshot_evidence.split_off(&(seqno + 1));
+        let _ = self.conf_changes.split_off(&(seqno + 1));
+        self.views.retain(|(_, first)| *first <= seqno);
         self.refresh_service_status();
         self.nodes_version += 1;
         self.tree.truncate(seqno);
@@ -1288,9 +1625,16 @@ impl Node {
         use crate::app::Historical;
         if tx_id.seqno == 0
             || tx_id.seqno > self.ingested
-            || self.consensus.term_at(tx_id.seqno) != Some(tx_id.view)
+            || self.term_at(tx_id.seqno) != Some(tx_id.view)
         {
             return Historical::Unknown;
+        }
+        if tx_id.seqno <= self.base_seqno {
+            return Historical::Corrupt(format!(
+                "this node started from a snapshot at seqno {} and holds no ledger entry up to \
+                 it; ask a node that holds the whole ledger",
+                self.base_seqno
+            ));
         }
         if let Some(found) = self.historical.get(tx_id.seqno) {
             return found;

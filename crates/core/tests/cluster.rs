@@ -401,3 +401,282 @@ fn a_linearizable_read_waits_for_a_majority_and_a_deposed_primary_refuses_it() {
     let forwarded = cluster.nodes[follower].take_response(id).unwrap();
     assert_eq!(forwarded.status, 503);
 }
+
+/// Snapshots every 25 seqnos and signatures every 5 transactions, so that a few dozen writes
+/// cross several snapshot points.
+fn small_snapshots(config: &mut charter_core::NodeConfig) {
+    config.snapshot_interval_txs = 25;
+    config.signature_interval_txs = 5;
+}
+
+fn three_nodes_with(configure: fn(&mut charter_core::NodeConfig)) -> Cluster {
+    let mut primary = Harness::new_with(configure);
+    admit(&mut primary, 11);
+    admit(&mut primary, 12);
+    let mut cluster = Cluster {
+        nodes: vec![
+            primary,
+            Harness::joiner_with(11, None, configure),
+            Harness::joiner_with(12, None, configure),
+        ],
+        down: vec![false; 3],
+    };
+    cluster.tick_until(300, "both joiners to become voters and catch up", |c| {
+        let voters = c.nodes[0].node.voters();
+        let commit = c.nodes[0].node.commit_tx_id();
+        voters.len() == 3 && c.nodes[1..].iter().all(|h| h.node.commit_tx_id() == commit)
+    });
+    cluster
+}
+
+/// Writes `count` keys through node `primary` and waits until every live node committed them.
+fn write_and_commit(
+    cluster: &mut Cluster,
+    primary: usize,
+    prefix: &str,
+    count: usize,
+) -> Vec<TxId> {
+    let mut written = Vec::new();
+    for index in 0..count {
+        let value = format!("{prefix} value {index}");
+        written.push(cluster.nodes[primary].put(&format!("{prefix}{index}"), value.as_bytes()));
+        if index % 10 == 9 {
+            cluster.tick(60);
+        }
+    }
+    let last = *written.last().unwrap();
+    cluster.tick_until(100, "the writes to commit everywhere", |c| {
+        c.nodes
+            .iter()
+            .zip(&c.down)
+            .all(|(h, down)| *down || h.node.tx_status(last) == charter_core::TxStatus::Committed)
+    });
+    written
+}
+
+/// Every snapshot written by several nodes for one seqno has the same bytes, and so has
+/// every committed snapshot file.
+fn assert_snapshots_agree(cluster: &Cluster) {
+    let mut seen: std::collections::BTreeMap<u64, (usize, &Vec<u8>)> = Default::default();
+    let mut committed: std::collections::BTreeMap<u64, (usize, &Vec<u8>)> = Default::default();
+    for (index, harness) in cluster.nodes.iter().enumerate() {
+        for (seqno, bytes) in &harness.snapshots {
+            let (first, expected) = *seen.entry(*seqno).or_insert((index, bytes));
+            assert!(
+                expected == bytes,
+                "nodes {first} and {index} wrote different snapshots at {seqno}"
+            );
+        }
+        for (seqno, file) in &harness.committed_snapshots {
+            let (first, expected) = *committed.entry(*seqno).or_insert((index, file));
+            assert!(
+                expected == file,
+                "nodes {first} and {index} committed different snapshot files at {seqno}"
+            );
+        }
+    }
+}
+
+/// The two nodes' stores hold the same maps with the same entries.
+fn assert_same_state(a: &Harness, b: &Harness) {
+    let (a, b) = (a.node.store().snapshot(), b.node.store().snapshot());
+    assert_eq!(a.map_names(), b.map_names());
+    for name in a.map_names() {
+        assert!(a.entries(&name).eq(b.entries(&name)), "map {name} differs");
+    }
+}
+
+fn settled(c: &Cluster) -> bool {
+    let last = c.nodes[0].node.last_tx_id();
+    let commit = c.nodes[0].node.commit_tx_id();
+    c.nodes
+        .iter()
+        .all(|h| h.node.last_tx_id() == last && h.node.commit_tx_id() == commit)
+        && commit == last
+}
+
+#[test]
+fn every_node_writes_the_same_snapshots_and_a_late_joiner_starts_from_one() {
+    let mut cluster = three_nodes_with(small_snapshots);
+    let before = write_and_commit(&mut cluster, 0, "before", 60);
+    cluster.tick_until(100, "a snapshot to commit on every node", |c| {
+        let newest = c.nodes[0].committed_snapshots.keys().next_back().copied();
+        newest.is_some()
+            && c.nodes
+                .iter()
+                .all(|h| h.committed_snapshots.keys().next_back().copied() == newest)
+    });
+    assert_snapshots_agree(&cluster);
+    // Every node picked the same points, whatever its role or when it caught up.
+    let points: Vec<u64> = cluster.nodes[0].snapshots.keys().copied().collect();
+    assert!(
+        points.len() >= 3,
+        "60 writes cross several points: {points:?}"
+    );
+    for harness in &cluster.nodes[1..] {
+        assert_eq!(
+            harness.snapshots.keys().copied().collect::<Vec<_>>(),
+            points
+        );
+    }
+    // The evidence of each committed snapshot is in the ledger, bound by its claims digest.
+    let (&seqno, file) = cluster.nodes[0]
+        .committed_snapshots
+        .last_key_value()
+        .unwrap();
+    let verified =
+        charter_ledger::verify_committed_snapshot(file, &cluster.nodes[0].service).unwrap();
+    assert_eq!(verified.snapshot.seqno, seqno);
+    let record = cluster.nodes[0]
+        .node
+        .store()
+        .get(
+            charter_ledger::tables::SNAPSHOT_EVIDENCE_MAP,
+            seqno.to_string().as_bytes(),
+        )
+        .expect("an evidence record");
+    let record: charter_ledger::SnapshotEvidence = serde_json::from_slice(record).unwrap();
+    assert_eq!(record.digest_bytes(), Some(verified.digest));
+    assert_eq!(
+        cluster.nodes[0].node.tx_status(verified.evidence_tx_id),
+        charter_core::TxStatus::Committed
+    );
+
+    // A fourth node joins from the newest committed snapshot and catches up from its suffix.
+    let file = file.clone();
+    admit(&mut cluster.nodes[0], 13);
+    let joiner = Harness::joiner_with(13, Some(file), small_snapshots);
+    assert_eq!(joiner.node.base_seqno(), seqno);
+    assert!(joiner.ledger.is_empty());
+    cluster.nodes.push(joiner);
+    cluster.down.push(false);
+    cluster.tick_until(300, "the fourth node to become a voter and catch up", |c| {
+        c.nodes[0].node.voters().len() == 4 && settled(c)
+    });
+    assert_eq!(
+        cluster.nodes[3].ledger.first().map(|entry| entry.seqno),
+        Some(seqno + 1),
+        "the joiner's ledger starts after the snapshot"
+    );
+    let consensus = cluster.nodes[3].request(Method::Get, "/node/consensus", &[], b"", None);
+    let consensus: serde_json::Value = serde_json::from_slice(&consensus.body).unwrap();
+    assert_eq!(consensus["snapshot_base_seqno"], seqno, "{consensus}");
+    assert_eq!(consensus["peers_needing_snapshot"], serde_json::json!([]));
+    let after = write_and_commit(&mut cluster, 0, "after", 40);
+    cluster.tick_until(100, "all four nodes to settle", settled);
+    for harness in &cluster.nodes[1..] {
+        assert_same_state(&cluster.nodes[0], harness);
+    }
+    assert_eq!(
+        value(&cluster.nodes[3], b"before0").as_deref(),
+        Some(&b"before value 0"[..])
+    );
+    // Receipts for transactions before and after the snapshot verify on the new node, and are
+    // the ones the primary gives.
+    for tx_id in [before[0], before[59], after[0], after[39]] {
+        assert_eq!(
+            cluster.nodes[3].node.tx_status(tx_id),
+            charter_core::TxStatus::Committed
+        );
+        let receipt = cluster.nodes[3].node.receipt(tx_id).unwrap();
+        receipt.verify(&cluster.nodes[0].service).unwrap();
+        assert_eq!(receipt, cluster.nodes[0].node.receipt(tx_id).unwrap());
+    }
+    // The new node takes the same snapshots as everyone else.
+    cluster.tick_until(
+        100,
+        "a snapshot after the join to commit on the new node",
+        |c| c.nodes[3].committed_snapshots.keys().any(|s| *s > seqno),
+    );
+    assert_snapshots_agree(&cluster);
+
+    // It restarts from its newest committed snapshot and the entries after it.
+    cluster.nodes[3].restart();
+    assert!(cluster.nodes[3].node.base_seqno() > seqno);
+    let more = write_and_commit(&mut cluster, 0, "more", 10);
+    cluster.tick_until(100, "all four nodes to settle after the restart", settled);
+    assert_same_state(&cluster.nodes[0], &cluster.nodes[3]);
+    let receipt = cluster.nodes[3].node.receipt(more[9]).unwrap();
+    receipt.verify(&cluster.nodes[0].service).unwrap();
+    assert_snapshots_agree(&cluster);
+}
+
+#[test]
+fn a_node_that_started_from_a_snapshot_restarts_from_it_before_writing_another() {
+    let mut cluster = three_nodes_with(|config| {
+        small_snapshots(config);
+        config.snapshot_interval_txs = 40;
+    });
+    write_and_commit(&mut cluster, 0, "k", 45);
+    cluster.tick_until(100, "a committed snapshot", |c| {
+        !c.nodes[0].committed_snapshots.is_empty()
+    });
+    let (&seqno, file) = cluster.nodes[0]
+        .committed_snapshots
+        .last_key_value()
+        .unwrap();
+    let file = file.clone();
+    admit(&mut cluster.nodes[0], 13);
+    cluster
+        .nodes
+        .push(Harness::joiner_with(13, Some(file), |config| {
+            small_snapshots(config);
+            config.snapshot_interval_txs = 40;
+        }));
+    cluster.down.push(false);
+    cluster.tick_until(300, "the fourth node to catch up", |c| {
+        c.nodes[0].node.voters().len() == 4 && settled(c)
+    });
+    // Restart before any later snapshot: the ledger starts at seqno + 1 and the snapshot it
+    // started from covers the gap.
+    cluster.nodes[3].restart();
+    assert_eq!(cluster.nodes[3].node.base_seqno(), seqno);
+    let written = write_and_commit(&mut cluster, 0, "after", 5);
+    cluster.tick_until(100, "all nodes to settle", settled);
+    assert_same_state(&cluster.nodes[0], &cluster.nodes[3]);
+    assert_eq!(
+        cluster.nodes[3].node.tx_status(written[4]),
+        charter_core::TxStatus::Committed
+    );
+}
+
+#[test]
+fn a_rolled_back_snapshot_point_is_never_written() {
+    let mut cluster = three_nodes_with(small_snapshots);
+    write_and_commit(&mut cluster, 0, "a", 10);
+    // The isolated primary passes snapshot points it can never commit.
+    cluster.down[1] = true;
+    cluster.down[2] = true;
+    for index in 0..40 {
+        cluster.nodes[0].put(&format!("lost{index}"), b"x");
+    }
+    cluster.tick(60);
+    cluster.down = vec![true, false, false];
+    cluster.tick_until(100, "a new primary among the survivors", |c| {
+        c.nodes[1].node.is_primary() || c.nodes[2].node.is_primary()
+    });
+    let new = if cluster.nodes[1].node.is_primary() {
+        1
+    } else {
+        2
+    };
+    write_and_commit(&mut cluster, new, "b", 60);
+    cluster.down[0] = false;
+    cluster.tick_until(200, "the old primary to catch up", settled);
+    write_and_commit(&mut cluster, new, "c", 30);
+    cluster.tick_until(100, "everyone to settle", settled);
+    assert_eq!(value(&cluster.nodes[0], b"lost0"), None);
+    // The old primary wrote no snapshot of its rolled-back state: every snapshot it wrote is
+    // the one the others wrote for that seqno.
+    assert_snapshots_agree(&cluster);
+    let others: std::collections::BTreeSet<u64> = cluster.nodes[1..]
+        .iter()
+        .flat_map(|h| h.snapshots.keys().copied())
+        .collect();
+    for seqno in cluster.nodes[0].snapshots.keys() {
+        assert!(
+            others.contains(seqno),
+            "only the old primary wrote snapshot {seqno}"
+        );
+    }
+}

@@ -96,6 +96,7 @@ fn restart_keeps_committed_writes_and_drops_unsigned_tail() {
     let restored = Restored {
         entries: harness.ledger.clone(),
         hard_state: harness.hard_state,
+        snapshot: None,
     };
     let mut out = Vec::new();
     let node = Node::new(

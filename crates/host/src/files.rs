@@ -1,8 +1,19 @@
-//! The ledger directory: chunk files of framed entries, and Raft's hard state.
+//! The ledger directory: chunk files of framed entries, and Raft's hard state; and the
+//! snapshot directory next to it.
+//!
+//! A node directory holds `ledger/` and `snapshots/` side by side. `snapshots/` holds
+//! `snapshot_<S>` (the snapshot at seqno S, written once S is committed) and
+//! `snapshot_<S>.committed` once its evidence transaction is committed: the committed snapshot
+//! container of `charter_ledger::snapshot` (magic `CHSNAPCM`, u64 LE snapshot length, the
+//! snapshot, u32 LE receipt length, the evidence receipt JSON). Every file is written to a
+//! `.tmp` name, synced and renamed, so a crash leaves either the old or the new file. The
+//! newest [`SNAPSHOTS_KEPT`] committed snapshots are kept.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use charter_ledger::encode_committed_snapshot;
 
 use charter_core::{HardStateRecord, LogEntry, LogKind};
 use charter_ledger::frame::{encode_frame, parse_frames, ChunkName, FrameError};
@@ -41,8 +52,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FilesError + '_ {
 /// What was read back from a ledger directory.
 #[derive(Debug, Default)]
 pub struct Loaded {
-    /// Entries from seqno 1, in order (Raft's no-op entries have empty data).
+    /// Entries in order, from `first_seqno` (Raft's no-op entries have empty data).
     pub entries: Vec<LogEntry>,
+    /// Seqno of the first chunk's first entry: 1 for a whole ledger, more for a node that
+    /// started from a snapshot (see [`LedgerFiles::restart_snapshot`]).
+    pub first_seqno: u64,
     /// Raft's hard state.
     pub hard_state: HardStateRecord,
     /// Bytes of a torn tail that were discarded, if any.
@@ -58,13 +72,18 @@ pub struct LedgerFiles {
     open_len: u64,
     buffer: Vec<u8>,
     next_seqno: u64,
+    /// Whether any chunk file exists.
+    has_chunks: bool,
+    snapshots: SnapshotFiles,
 }
 
 const HARD_STATE_FILE: &str = "raft_state.json";
 
 impl LedgerFiles {
     /// Opens `dir` (created if missing), reads every chunk back, cuts a torn tail off the open
-    /// chunk, and positions for appending.
+    /// chunk, and positions for appending. The chunks must be contiguous; the first may start
+    /// after seqno 1 (a node that started from a snapshot), which
+    /// [`LedgerFiles::restart_snapshot`] then checks. Snapshots go to [`snapshot_dir_for`]`(dir)`.
     ///
     /// # Errors
     /// [`FilesError`] on I/O errors or corruption other than a torn tail.
@@ -79,18 +98,22 @@ impl LedgerFiles {
         }
         chunks.sort();
         let mut loaded = Loaded::default();
+        let first_seqno = chunks.first().map_or(1, |(name, _)| name.first);
+        loaded.first_seqno = first_seqno;
         let mut files = LedgerFiles {
             dir: dir.to_owned(),
             open: None,
             offsets: Vec::new(),
             open_len: 0,
             buffer: Vec::new(),
-            next_seqno: 1,
+            next_seqno: first_seqno,
+            has_chunks: !chunks.is_empty(),
+            snapshots: SnapshotFiles::new(&snapshot_dir_for(dir)),
         };
         let count = chunks.len();
         for (index, (name, path)) in chunks.into_iter().enumerate() {
             let is_last = index + 1 == count;
-            if name.first != files.next_seqno {
+            if name.first != files.next_seqno || name.first == 0 {
                 return Err(FilesError::Corrupt {
                     path,
                     offset: 0,
@@ -234,6 +257,88 @@ impl LedgerFiles {
         self.next_seqno
     }
 
+    /// The snapshot files next to this ledger.
+    pub fn snapshots(&self) -> &SnapshotFiles {
+        &self.snapshots
+    }
+
+    /// Makes an empty ledger continue the snapshot at `seqno`: the first append is then
+    /// `seqno + 1` (a node that joined from a snapshot, before it appended anything).
+    ///
+    /// # Panics
+    /// If the ledger holds a chunk file: its start is fixed.
+    pub fn start_after(&mut self, seqno: u64) {
+        assert!(
+            !self.has_chunks && self.open.is_none(),
+            "only an empty ledger can start after a snapshot"
+        );
+        self.next_seqno = seqno + 1;
+    }
+
+    /// The committed snapshot a restart must start from, with `loaded` trimmed to the entries
+    /// after it; `None` for a ledger from seqno 1 (it is replayed whole) or an empty ledger
+    /// with no snapshot.
+    ///
+    /// A ledger that starts at seqno F > 1 needs a committed snapshot at a seqno S with
+    /// `F - 1 <= S <= ` its last entry; the newest such one is used. An empty ledger (no chunk
+    /// file) starts after the newest committed snapshot, if there is one.
+    ///
+    /// # Errors
+    /// [`FilesError::Corrupt`] if no committed snapshot covers the ledger's start;
+    /// [`FilesError::Io`] if the snapshot directory cannot be read.
+    pub fn restart_snapshot(&mut self, loaded: &mut Loaded) -> Result<Option<Vec<u8>>, FilesError> {
+        if !self.has_chunks {
+            let Some((seqno, file)) = self.snapshots.latest_committed()? else {
+                return Ok(None);
+            };
+            self.start_after(seqno);
+            loaded.first_seqno = seqno + 1;
+            return Ok(Some(file));
+        }
+        if loaded.first_seqno == 1 {
+            return Ok(None);
+        }
+        let covered = (loaded.first_seqno - 1)..self.next_seqno;
+        let chosen = self
+            .snapshots
+            .committed_seqnos()?
+            .into_iter()
+            .filter(|seqno| covered.contains(seqno))
+            .max();
+        let Some(seqno) = chosen else {
+            return Err(FilesError::Corrupt {
+                path: self.dir.clone(),
+                offset: 0,
+                reason: format!(
+                    "the ledger starts at seqno {} but no committed snapshot in {} covers the \
+                     seqnos before it",
+                    loaded.first_seqno,
+                    self.snapshots.dir().display()
+                ),
+            });
+        };
+        let file = self.snapshots.read_committed(seqno)?;
+        loaded.entries.retain(|entry| entry.seqno > seqno);
+        loaded.first_seqno = seqno + 1;
+        Ok(Some(file))
+    }
+
+    /// Writes the snapshot at `seqno` durably (see [`SnapshotFiles::write`]).
+    ///
+    /// # Errors
+    /// [`FilesError::Io`].
+    pub fn write_snapshot(&mut self, seqno: u64, bytes: &[u8]) -> Result<(), FilesError> {
+        self.snapshots.write(seqno, bytes)
+    }
+
+    /// Commits the snapshot at `seqno` with its evidence (see [`SnapshotFiles::commit`]).
+    ///
+    /// # Errors
+    /// [`FilesError::Io`], e.g. if the snapshot was never written.
+    pub fn commit_snapshot(&mut self, seqno: u64, evidence: &[u8]) -> Result<(), FilesError> {
+        self.snapshots.commit(seqno, evidence)
+    }
+
     fn ensure_open(&mut self) -> Result<(), FilesError> {
         if self.open.is_none() {
             let name = ChunkName {
@@ -264,6 +369,7 @@ impl LedgerFiles {
             .push((seqno, self.open_len + self.buffer.len() as u64));
         encode_frame(seqno, bytes, &mut self.buffer);
         self.next_seqno += 1;
+        self.has_chunks = true;
         Ok(())
     }
 
@@ -388,6 +494,205 @@ impl LedgerFiles {
     }
 }
 
+/// The snapshot directory of a node whose ledger is in `ledger_dir`: `snapshots/` next to it.
+pub fn snapshot_dir_for(ledger_dir: &Path) -> PathBuf {
+    ledger_dir
+        .parent()
+        .unwrap_or_else(|| Path::new(""))
+        .join("snapshots")
+}
+
+/// How many committed snapshots a node keeps; older ones are deleted.
+pub const SNAPSHOTS_KEPT: usize = 2;
+const _: () = assert!(SNAPSHOTS_KEPT >= 1);
+
+/// Writes `bytes` as `dir/name` durably: to `name.tmp`, synced, renamed, directory synced.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FilesError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let temporary = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    let mut file = File::create(&temporary).map_err(io(&temporary))?;
+    file.write_all(bytes).map_err(io(&temporary))?;
+    file.sync_all().map_err(io(&temporary))?;
+    drop(file);
+    fs::rename(&temporary, &path).map_err(io(&path))?;
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io(dir))
+}
+
+/// A snapshot file name: the seqno, and whether it is the committed form.
+fn parse_snapshot_name(name: &str) -> Option<(u64, bool)> {
+    let rest = name.strip_prefix("snapshot_")?;
+    let (digits, committed) = match rest.strip_suffix(".committed") {
+        Some(digits) => (digits, true),
+        None => (rest, false),
+    };
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seqno: u64 = digits.parse().ok()?;
+    // One spelling per seqno: no leading zeros.
+    (seqno.to_string() == digits && seqno > 0).then_some((seqno, committed))
+}
+
+/// Snapshot files in a directory (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct SnapshotFiles {
+    dir: PathBuf,
+}
+
+impl SnapshotFiles {
+    /// The snapshot files in `dir` (created on the first write).
+    pub fn new(dir: &Path) -> SnapshotFiles {
+        SnapshotFiles {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, seqno: u64, committed: bool) -> PathBuf {
+        let suffix = if committed { ".committed" } else { "" };
+        self.dir.join(format!("snapshot_{seqno}{suffix}"))
+    }
+
+    /// Every snapshot file: (seqno, committed), sorted.
+    fn list(&self) -> Result<Vec<(u64, bool)>, FilesError> {
+        let items = match fs::read_dir(&self.dir) {
+            Ok(items) => items,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(io(&self.dir)(error)),
+        };
+        let mut found = Vec::new();
+        for item in items {
+            let item = item.map_err(io(&self.dir))?;
+            if let Some(parsed) = item.file_name().to_str().and_then(parse_snapshot_name) {
+                found.push(parsed);
+            }
+        }
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    /// Seqnos of the committed snapshots, increasing.
+    ///
+    /// # Errors
+    /// [`FilesError::Io`] if the directory cannot be read.
+    pub fn committed_seqnos(&self) -> Result<Vec<u64>, FilesError> {
+        let list = self.list()?;
+        Ok(list
+            .into_iter()
+            .filter(|(_, committed)| *committed)
+            .map(|(seqno, _)| seqno)
+            .collect())
+    }
+
+    /// The committed snapshot file at `seqno`.
+    ///
+    /// # Errors
+    /// [`FilesError::Io`], e.g. if there is none.
+    pub fn read_committed(&self, seqno: u64) -> Result<Vec<u8>, FilesError> {
+        let path = self.path(seqno, true);
+        fs::read(&path).map_err(io(&path))
+    }
+
+    /// The newest committed snapshot: its seqno and the whole file.
+    ///
+    /// # Errors
+    /// [`FilesError::Io`] if the directory or the file cannot be read.
+    pub fn latest_committed(&self) -> Result<Option<(u64, Vec<u8>)>, FilesError> {
+        match self.committed_seqnos()?.last() {
+            Some(&seqno) => Ok(Some((seqno, self.read_committed(seqno)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `snapshot_<seqno>` durably, unless that snapshot is already committed here (a
+    /// restarted node serializes its newest snapshot point again).
+    ///
+    /// # Errors
+    /// [`FilesError::Io`].
+    pub fn write(&self, seqno: u64, bytes: &[u8]) -> Result<(), FilesError> {
+        if self.path(seqno, true).exists() {
+            return Ok(());
+        }
+        write_durably(&self.dir, &format!("snapshot_{seqno}"), bytes)
+    }
+
+    /// Rewrites `snapshot_<seqno>` with its evidence as `snapshot_<seqno>.committed`, durably;
+    /// then removes the uncommitted file and prunes old snapshots. Does nothing if the
+    /// committed file exists already.
+    ///
+    /// # Errors
+    /// [`FilesError::Io`], e.g. if `snapshot_<seqno>` was never written.
+    pub fn commit(&self, seqno: u64, evidence: &[u8]) -> Result<(), FilesError> {
+        if self.path(seqno, true).exists() {
+            return Ok(());
+        }
+        let path = self.path(seqno, false);
+        let snapshot = fs::read(&path).map_err(io(&path))?;
+        let file = encode_committed_snapshot(&snapshot, evidence);
+        write_durably(&self.dir, &format!("snapshot_{seqno}.committed"), &file)?;
+        fs::remove_file(&path).map_err(io(&path))?;
+        self.prune()
+    }
+
+    /// Saves a committed snapshot file received from elsewhere (a node that joins from it
+    /// keeps it, since its ledger starts after it), durably.
+    ///
+    /// # Errors
+    /// [`FilesError::Io`].
+    pub fn save_committed(&self, seqno: u64, file: &[u8]) -> Result<(), FilesError> {
+        write_durably(&self.dir, &format!("snapshot_{seqno}.committed"), file)?;
+        self.prune()
+    }
+
+    /// Keeps the newest [`SNAPSHOTS_KEPT`] committed snapshots; deletes older committed ones
+    /// and uncommitted ones older than the newest committed one.
+    fn prune(&self) -> Result<(), FilesError> {
+        let list = self.list()?;
+        let committed: Vec<u64> = list
+            .iter()
+            .filter(|(_, committed)| *committed)
+            .map(|(seqno, _)| *seqno)
+            .collect();
+        let Some(&newest) = committed.last() else {
+            return Ok(());
+        };
+        let keep_from = committed[committed.len().saturating_sub(SNAPSHOTS_KEPT)];
+        for (seqno, is_committed) in list {
+            let stale = if is_committed {
+                seqno < keep_from
+            } else {
+                seqno < newest
+            };
+            if stale {
+                let path = self.path(seqno, is_committed);
+                fs::remove_file(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The newest committed snapshot in the snapshot directory `dir`: its seqno and the whole
+/// `snapshot_<seqno>.committed` file, as a joining node needs it.
+///
+/// # Errors
+/// The I/O error if the directory or the file cannot be read.
+pub fn latest_committed_snapshot(dir: &Path) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+    SnapshotFiles::new(dir)
+        .latest_committed()
+        .map_err(|error| match error {
+            FilesError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +776,173 @@ mod tests {
                 "expected corruption, got {:?}",
                 other.map(|(_, loaded)| loaded.entries.len())
             ),
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|item| item.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn snapshots_are_written_committed_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut files, _) = LedgerFiles::open(&dir.path().join("ledger")).unwrap();
+        let snapshots = dir.path().join("snapshots");
+        assert_eq!(files.snapshots().dir(), snapshots);
+        assert_eq!(latest_committed_snapshot(&snapshots).unwrap(), None);
+        files.write_snapshot(10, b"snapshot ten").unwrap();
+        assert_eq!(
+            fs::read(snapshots.join("snapshot_10")).unwrap(),
+            b"snapshot ten"
+        );
+        files.commit_snapshot(10, b"{\"receipt\":10}").unwrap();
+        assert_eq!(names(&snapshots), ["snapshot_10.committed"]);
+        let file = fs::read(snapshots.join("snapshot_10.committed")).unwrap();
+        let parts = charter_ledger::split_committed_snapshot(&file).unwrap();
+        assert_eq!(parts.snapshot, b"snapshot ten");
+        assert_eq!(parts.evidence, b"{\"receipt\":10}");
+        // Writing or committing a committed snapshot again changes nothing.
+        files.write_snapshot(10, b"other").unwrap();
+        files.commit_snapshot(10, b"other").unwrap();
+        assert_eq!(names(&snapshots), ["snapshot_10.committed"]);
+        assert_eq!(
+            fs::read(snapshots.join("snapshot_10.committed")).unwrap(),
+            file
+        );
+        // A snapshot never written cannot be committed.
+        assert!(matches!(
+            files.commit_snapshot(11, b"{}"),
+            Err(FilesError::Io { .. })
+        ));
+        // Older snapshots go once newer ones commit; names that are not snapshots stay.
+        fs::write(snapshots.join("snapshot_007"), b"not ours").unwrap();
+        fs::write(snapshots.join("notes"), b"not ours").unwrap();
+        files.write_snapshot(15, b"never committed").unwrap();
+        for seqno in [20, 30] {
+            files.write_snapshot(seqno, b"snapshot").unwrap();
+            files.commit_snapshot(seqno, b"{}").unwrap();
+        }
+        files.write_snapshot(40, b"pending").unwrap();
+        assert_eq!(
+            names(&snapshots),
+            [
+                "notes",
+                "snapshot_007",
+                "snapshot_20.committed",
+                "snapshot_30.committed",
+                "snapshot_40"
+            ]
+        );
+        let (seqno, latest) = latest_committed_snapshot(&snapshots).unwrap().unwrap();
+        assert_eq!(seqno, 30);
+        assert_eq!(
+            latest,
+            fs::read(snapshots.join("snapshot_30.committed")).unwrap()
+        );
+        assert_eq!(files.snapshots().committed_seqnos().unwrap(), [20, 30]);
+    }
+
+    #[test]
+    fn a_ledger_that_starts_after_a_snapshot_restarts_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger");
+        let (mut files, _) = LedgerFiles::open(&ledger).unwrap();
+        files.start_after(10);
+        assert_eq!(files.next_seqno(), 11);
+        for seqno in 11..=13 {
+            files.append(seqno, &entry(seqno)).unwrap();
+        }
+        files.close_chunk(13).unwrap();
+        files.append(14, &entry(14)).unwrap();
+        files.sync().unwrap();
+        drop(files);
+        assert_eq!(names(&ledger), ["ledger_11-13.committed", "ledger_14"]);
+
+        // Without a snapshot covering seqnos 1-10 the ledger cannot be used.
+        let (mut files, mut loaded) = LedgerFiles::open(&ledger).unwrap();
+        assert_eq!(loaded.first_seqno, 11);
+        assert_eq!(loaded.entries.len(), 4);
+        match files.restart_snapshot(&mut loaded) {
+            Err(FilesError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("no committed snapshot"), "{reason}")
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        let snapshots = SnapshotFiles::new(&dir.path().join("snapshots"));
+        snapshots.save_committed(10, b"file ten").unwrap();
+        let (mut files, mut loaded) = LedgerFiles::open(&ledger).unwrap();
+        let file = files.restart_snapshot(&mut loaded).unwrap();
+        assert_eq!(file.as_deref(), Some(&b"file ten"[..]));
+        assert_eq!(loaded.entries.first().map(|e| e.seqno), Some(11));
+        // A newer committed snapshot inside the ledger is preferred; entries up to it go.
+        snapshots.save_committed(12, b"file twelve").unwrap();
+        snapshots.save_committed(99, b"beyond the ledger").unwrap();
+        let (mut files, mut loaded) = LedgerFiles::open(&ledger).unwrap();
+        let file = files.restart_snapshot(&mut loaded).unwrap();
+        assert_eq!(file.as_deref(), Some(&b"file twelve"[..]));
+        assert_eq!(
+            loaded.entries.iter().map(|e| e.seqno).collect::<Vec<_>>(),
+            [13, 14]
+        );
+        assert_eq!(loaded.first_seqno, 13);
+        files.append(15, &entry(15)).unwrap();
+        files.sync().unwrap();
+
+        // An empty ledger continues its newest committed snapshot.
+        let other = tempfile::tempdir().unwrap();
+        let (mut files, mut loaded) = LedgerFiles::open(&other.path().join("ledger")).unwrap();
+        assert_eq!(files.restart_snapshot(&mut loaded).unwrap(), None);
+        SnapshotFiles::new(&other.path().join("snapshots"))
+            .save_committed(20, b"file twenty")
+            .unwrap();
+        let (mut files, mut loaded) = LedgerFiles::open(&other.path().join("ledger")).unwrap();
+        let file = files.restart_snapshot(&mut loaded).unwrap();
+        assert_eq!(file.as_deref(), Some(&b"file twenty"[..]));
+        assert_eq!(files.next_seqno(), 21);
+        files.append(21, &entry(21)).unwrap();
+        files.sync().unwrap();
+        assert_eq!(names(&other.path().join("ledger")), ["ledger_21"]);
+    }
+
+    #[test]
+    fn a_whole_ledger_restarts_by_replaying_even_with_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut files, _) = LedgerFiles::open(&dir.path().join("ledger")).unwrap();
+        for seqno in 1..=3 {
+            files.append(seqno, &entry(seqno)).unwrap();
+        }
+        files.sync().unwrap();
+        files.write_snapshot(2, b"two").unwrap();
+        files.commit_snapshot(2, b"{}").unwrap();
+        drop(files);
+        let (mut files, mut loaded) = LedgerFiles::open(&dir.path().join("ledger")).unwrap();
+        assert_eq!(files.restart_snapshot(&mut loaded).unwrap(), None);
+        assert_eq!(loaded.entries.len(), 3);
+    }
+
+    #[test]
+    fn snapshot_names_parse_strictly() {
+        assert_eq!(parse_snapshot_name("snapshot_12"), Some((12, false)));
+        assert_eq!(
+            parse_snapshot_name("snapshot_12.committed"),
+            Some((12, true))
+        );
+        for bad in [
+            "snapshot_",
+            "snapshot_0",
+            "snapshot_012",
+            "snapshot_1a",
+            "snapshot_12.committed.tmp",
+            "snapshot_12.tmp",
+            "snapshot_99999999999999999999999",
+            "ledger_1",
+        ] {
+            assert_eq!(parse_snapshot_name(bad), None, "{bad}");
         }
     }
 }

@@ -65,6 +65,9 @@ pub struct NodeFileConfig {
     /// Signature every T milliseconds (default 100).
     #[serde(default = "default_signature_ms")]
     pub signature_interval_ms: u64,
+    /// A snapshot every N committed transactions (default 10,000; 0 turns snapshots off).
+    #[serde(default = "default_snapshot_txs")]
+    pub snapshot_interval_txs: u64,
     /// Chunk size at which a chunk is completed at the next signature (default 5 MB).
     #[serde(default = "default_chunk_bytes")]
     pub chunk_bytes_max: u64,
@@ -93,6 +96,10 @@ impl NodeFileConfig {
             .ok_or("set node_address: the client port + 1000 is not a port")?;
         Ok(SocketAddr::new(self.rpc_address.ip(), port))
     }
+}
+
+fn default_snapshot_txs() -> u64 {
+    10_000
 }
 
 fn default_gov_window() -> u64 {
@@ -316,6 +323,62 @@ fn join_identity(
     })
 }
 
+/// The latest committed snapshot of the node at `join.target`, if it keeps any (404 means none).
+async fn fetch_snapshot(
+    join: &JoinConfig,
+    identity: &Identity,
+) -> Result<Option<(u64, Vec<u8>)>, NodeError> {
+    let service_pem = identity.service_cert.to_pem();
+    let cert_pem = identity.node_cert.to_pem();
+    let key_pem = identity.node_key.to_pem();
+    let tls = crate::tls::client_config(&service_pem, Some((&cert_pem, &key_pem)))
+        .map_err(|error| format!("TLS configuration: {error}"))?;
+    let mut last_error = String::new();
+    for _ in 0..10 {
+        let attempt = async {
+            let mut client = crate::client::Client::connect(
+                join.target,
+                &join.target.ip().to_string(),
+                tls.clone(),
+            )
+            .await
+            .map_err(|error| error.to_string())?;
+            client
+                .request("GET", SNAPSHOT_PATH, &[], Vec::new())
+                .await
+                .map_err(|error| error.to_string())
+        };
+        match attempt.await {
+            Ok(response) if response.status == 404 => return Ok(None),
+            Ok(response) if response.status == 200 => {
+                let seqno = response
+                    .header(SNAPSHOT_SEQNO_HEADER)
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .ok_or("the snapshot response names no seqno")?;
+                return Ok(Some((seqno, response.body)));
+            }
+            Ok(response) => {
+                last_error = format!(
+                    "{}: {}",
+                    response.status,
+                    String::from_utf8_lossy(&response.body)
+                )
+            }
+            Err(error) => last_error = error,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(format!(
+        "cannot fetch the latest snapshot from {}: {last_error}",
+        join.target
+    ))
+}
+
+/// Path on which a node serves its latest committed snapshot to nodes of the service.
+pub const SNAPSHOT_PATH: &str = "/node/snapshot";
+/// Response header naming the seqno of the served snapshot.
+pub const SNAPSHOT_SEQNO_HEADER: &str = "x-charter-snapshot-seqno";
+
 enum HostMessage {
     Request(Request, tokio::sync::oneshot::Sender<Response>),
     Peer { from: String, bytes: Vec<u8> },
@@ -420,6 +483,59 @@ impl PeerBook {
 
 struct CoreHandler {
     sender: mpsc::SyncSender<HostMessage>,
+    /// Where committed snapshots are, served at [`SNAPSHOT_PATH`].
+    snapshot_dir: PathBuf,
+    /// The service identity's key: only nodes it endorsed get snapshots.
+    service_key: charter_crypto::VerifyingKey,
+}
+
+impl CoreHandler {
+    /// `GET /node/snapshot`: the latest committed snapshot, for a caller presenting a node
+    /// certificate endorsed by the service (snapshots hold the encrypted private state and the
+    /// public state, which only members of the service may copy).
+    fn serve_snapshot(
+        &self,
+        request: &Request,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
+        let endorsed = request
+            .caller_cert_der
+            .as_deref()
+            .and_then(|der| Certificate::from_der(der).ok())
+            .is_some_and(|cert| cert.verify_signed_by(&self.service_key).is_ok());
+        if !endorsed {
+            return Box::pin(async {
+                Response::error(
+                    403,
+                    "Forbidden",
+                    "snapshots are served only to nodes with a certificate endorsed by the service",
+                )
+            });
+        }
+        let dir = self.snapshot_dir.clone();
+        Box::pin(async move {
+            let read =
+                tokio::task::spawn_blocking(move || crate::files::latest_committed_snapshot(&dir))
+                    .await;
+            match read {
+                Ok(Ok(Some((seqno, bytes)))) => Response {
+                    status: 200,
+                    headers: vec![
+                        (
+                            "content-type".to_owned(),
+                            "application/octet-stream".to_owned(),
+                        ),
+                        (SNAPSHOT_SEQNO_HEADER.to_owned(), seqno.to_string()),
+                    ],
+                    body: bytes,
+                },
+                Ok(Ok(None)) => {
+                    Response::error(404, "NoSnapshot", "this node holds no committed snapshot")
+                }
+                Ok(Err(error)) => Response::error(500, "InternalError", error.to_string()),
+                Err(error) => Response::error(500, "InternalError", error.to_string()),
+            }
+        })
+    }
 }
 
 impl Handler for CoreHandler {
@@ -427,6 +543,9 @@ impl Handler for CoreHandler {
         &self,
         request: Request,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
+        if request.path == SNAPSHOT_PATH && request.method == charter_core::Method::Get {
+            return self.serve_snapshot(&request);
+        }
         let (reply, wait) = tokio::sync::oneshot::channel();
         let sent = self.sender.try_send(HostMessage::Request(request, reply));
         Box::pin(async move {
@@ -688,6 +807,17 @@ impl CoreLoop {
                         .files
                         .close_chunk(last_seqno)
                         .map_err(|e| e.to_string())?,
+                    // A lost snapshot costs only a later one: report, do not stop the node.
+                    Action::WriteSnapshot { seqno, bytes } => {
+                        if let Err(error) = self.files.write_snapshot(seqno, &bytes) {
+                            tracing::warn!(seqno, %error, "cannot write the snapshot");
+                        }
+                    }
+                    Action::CommitSnapshot { seqno, evidence } => {
+                        if let Err(error) = self.files.commit_snapshot(seqno, &evidence) {
+                            tracing::warn!(seqno, %error, "cannot commit the snapshot");
+                        }
+                    }
                 }
             }
             for entries in reads {
@@ -795,15 +925,21 @@ pub fn run_node(
     std::fs::create_dir_all(&ledger_dir)
         .map_err(|error| format!("{}: {error}", ledger_dir.display()))?;
     let node_address = config.node_address()?;
-    let (files, loaded) = LedgerFiles::open(&ledger_dir).map_err(|error| error.to_string())?;
+    let (mut files, mut loaded) =
+        LedgerFiles::open(&ledger_dir).map_err(|error| error.to_string())?;
     let has_identity = config.node_dir.join("node_cert.pem").exists()
         && config.node_dir.join("node_privk.pem").exists();
     let bootstrap_path = config.node_dir.join(BOOTSTRAP_PEERS_FILE);
     let joined = bootstrap_path.exists();
     let (identity, joining) = if has_identity {
+        let has_snapshot = files
+            .snapshots()
+            .latest_committed()
+            .map_err(|error| error.to_string())?
+            .is_some();
         (
             identity(&config, false)?,
-            joined && loaded.entries.is_empty(),
+            joined && loaded.entries.is_empty() && !has_snapshot,
         )
     } else {
         match config.mode {
@@ -844,6 +980,7 @@ pub fn run_node(
     node_config.signature_interval_txs = config.signature_interval_txs.max(1);
     node_config.signature_interval_ms = config.signature_interval_ms.max(1);
     node_config.chunk_bytes_max = config.chunk_bytes_max;
+    node_config.snapshot_interval_txs = config.snapshot_interval_txs;
     node_config.rpc_address = config.rpc_address.to_string();
     node_config.node_address = node_address.to_string();
     node_config.service_key = Some(identity.service_key.clone());
@@ -869,11 +1006,43 @@ pub fn run_node(
             members: load(&config.members)?,
         }
     } else if joining {
-        StartMode::Join
+        // A node joining a network that keeps snapshots starts from the latest one and
+        // replicates only the ledger after it; the core checks the snapshot's evidence.
+        let snapshot = match &config.join {
+            Some(join) => runtime.block_on(fetch_snapshot(join, &identity))?,
+            None => None,
+        };
+        if let Some((seqno, bytes)) = &snapshot {
+            files
+                .snapshots()
+                .save_committed(*seqno, bytes)
+                .map_err(|error| error.to_string())?;
+            files.start_after(*seqno);
+            tracing::info!(
+                seqno,
+                bytes = bytes.len(),
+                "joining from a committed snapshot"
+            );
+        }
+        StartMode::Join {
+            snapshot: snapshot.map(|(_, bytes)| bytes),
+        }
     } else {
+        // A node that started from a snapshot holds the ledger only after it: it restarts
+        // from its newest committed snapshot and the entries after that.
+        let snapshot = files
+            .restart_snapshot(&mut loaded)
+            .map_err(|error| error.to_string())?;
+        if snapshot.is_some() {
+            tracing::info!(
+                first_seqno = loaded.first_seqno,
+                "restarting from a committed snapshot"
+            );
+        }
         StartMode::Restart(Restored {
             entries: loaded.entries,
             hard_state: loaded.hard_state,
+            snapshot,
         })
     };
     let mut actions = Vec::new();
@@ -979,6 +1148,11 @@ pub fn run_node(
     };
     let handler = Arc::new(CoreHandler {
         sender: sender.clone(),
+        snapshot_dir: crate::files::snapshot_dir_for(&ledger_dir),
+        service_key: identity
+            .service_cert
+            .public_key()
+            .map_err(|error| format!("service certificate: {error}"))?,
     });
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.rpc_address)

@@ -1,5 +1,6 @@
 //! Charter's ledger: the entry format with its public and private domains, the framing of
-//! entries in chunk files, the Merkle tree over transactions, signatures and receipts.
+//! entries in chunk files, the Merkle tree over transactions, signatures, receipts and
+//! snapshots.
 //!
 //! Everything here works on bytes in memory; the host reads and writes the files.
 //!
@@ -25,6 +26,7 @@ pub mod frame;
 pub mod merkle;
 pub mod receipt;
 mod records;
+pub mod snapshot;
 pub mod tables;
 mod txid;
 pub mod verify;
@@ -36,8 +38,14 @@ pub use entry::{
 pub use error::LedgerError;
 pub use receipt::{LeafComponents, ProofElement, Receipt, ReceiptError};
 pub use records::{NodeInfo, NodeStatus, ServiceInfo, ServiceStatus, SignatureRecord};
+pub use snapshot::{
+    decode_snapshot, encode_committed_snapshot, encode_snapshot, split_committed_snapshot,
+    verify_committed_snapshot, SnapshotContents, SnapshotError, SnapshotEvidence, SnapshotLeaf,
+};
 pub use txid::{TxId, TxIdParseError};
-pub use verify::{verify_ledger, LedgerFile, VerifyFailure, VerifySummary};
+pub use verify::{
+    verify_ledger, verify_ledger_with_snapshots, LedgerFile, VerifyFailure, VerifySummary,
+};
 
 /// A SHA-256 digest.
 pub type Digest = [u8; 32];

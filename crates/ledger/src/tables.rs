@@ -10,3 +10,7 @@ pub const NODES_MAP: &str = "public:charter.internal.nodes";
 pub const SERVICE_MAP: &str = "public:charter.gov.service_info";
 /// The key of the record in [`SERVICE_MAP`].
 pub const SERVICE_KEY: &[u8] = b"service";
+/// Evidence of snapshots: under the snapshot's seqno in decimal, JSON
+/// [`SnapshotEvidence`](crate::SnapshotEvidence). The transaction writing it carries the
+/// snapshot's SHA-256 digest as its claims digest, so its receipt binds the snapshot.
+pub const SNAPSHOT_EVIDENCE_MAP: &str = "public:charter.internal.snapshot_evidence";

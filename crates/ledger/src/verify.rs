@@ -15,6 +15,15 @@
 //! covers every byte of it, so the signatures cover them too. Entries after the last signature
 //! are checked for framing and decoding only and are reported as the unsigned tail; a torn
 //! write at the end of the open chunk is reported, not failed.
+//!
+//! [`verify_ledger_with_snapshots`] also checks committed snapshot files
+//! (`snapshot_<S>.committed`): each one's evidence receipt verifies against the service
+//! certificate and binds the snapshot's digest, and the Merkle root over its leaves is the one
+//! signed at S. Where the chunk files cover S, the replay must agree with the snapshot: the same
+//! Merkle root over seqnos 1 to S, public maps, view history, signature records and
+//! configuration changes. A ledger whose chunks start after seqno 1 (a node that started from
+//! a snapshot) is verified from the oldest committed snapshot at or after its start: entries
+//! up to that snapshot must have the leaves it records.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,8 +33,9 @@ use charter_kv::WriteSet;
 
 use crate::frame::{parse_frames, ChunkName, FrameError, FrameRef};
 use crate::merkle::MerkleTree;
+use crate::snapshot::{verify_committed_snapshot, view_at, VerifiedSnapshot};
 use crate::tables::{NODES_MAP, SIGNATURES_MAP, SIGNATURE_KEY};
-use crate::{decode_entry, EntryKind, NodeInfo, SignatureRecord, TxId};
+use crate::{decode_entry, Digest, EntryKind, NodeInfo, SignatureRecord, TxId};
 
 /// One file of a ledger directory, read by the caller.
 #[derive(Clone, PartialEq, Eq)]
@@ -45,7 +55,7 @@ impl fmt::Debug for LedgerFile {
 /// What a successful verification found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifySummary {
-    /// Entries verified, of every kind.
+    /// Entries of the chunk files verified, of every kind.
     pub transactions: u64,
     /// Signature transactions verified.
     pub signatures: u64,
@@ -57,6 +67,10 @@ pub struct VerifySummary {
     pub torn_tail: Option<(String, u64)>,
     /// Chunk files verified (files with other names are ignored).
     pub files: usize,
+    /// Committed snapshot files verified.
+    pub snapshots: usize,
+    /// The snapshot the replay started from, when the chunk files start after seqno 1.
+    pub started_from: Option<u64>,
 }
 
 impl fmt::Display for VerifySummary {
@@ -75,6 +89,12 @@ impl fmt::Display for VerifySummary {
         }
         if let Some((file, offset)) = &self.torn_tail {
             write!(f, ", torn tail in {file} at byte {offset}")?;
+        }
+        if self.snapshots > 0 {
+            write!(f, ", {} committed snapshots", self.snapshots)?;
+        }
+        if let Some(seqno) = self.started_from {
+            write!(f, ", verified from the snapshot at seqno {seqno}")?;
         }
         Ok(())
     }
@@ -124,6 +144,63 @@ pub fn verify_ledger(
     files: &[LedgerFile],
     service_cert: &Certificate,
 ) -> Result<VerifySummary, VerifyFailure> {
+    verify_ledger_with_snapshots(files, &[], service_cert)
+}
+
+/// A failure that concerns a whole file (a snapshot), not a frame.
+fn file_failure(file: &str, seqno: Option<u64>, reason: String) -> VerifyFailure {
+    VerifyFailure {
+        tx_id: None,
+        seqno,
+        file: file.to_owned(),
+        offset: 0,
+        reason,
+    }
+}
+
+/// The seqno a committed snapshot file name (`snapshot_<S>.committed`) names.
+fn committed_snapshot_seqno(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("snapshot_")?.strip_suffix(".committed")?;
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Verifies a ledger's chunk files and committed snapshot files against the service
+/// certificate; see the module documentation for what is checked.
+///
+/// Snapshot files whose names are not `snapshot_<S>.committed` are ignored.
+///
+/// # Errors
+/// As [`verify_ledger`]; a snapshot that does not verify, or disagrees with the replay, is
+/// named by its file.
+pub fn verify_ledger_with_snapshots(
+    files: &[LedgerFile],
+    snapshot_files: &[LedgerFile],
+    service_cert: &Certificate,
+) -> Result<VerifySummary, VerifyFailure> {
+    let mut snapshots: BTreeMap<u64, (&str, VerifiedSnapshot<'_>)> = BTreeMap::new();
+    for file in snapshot_files {
+        let Some(seqno) = committed_snapshot_seqno(&file.name) else {
+            continue;
+        };
+        let verified = verify_committed_snapshot(&file.bytes, service_cert).map_err(|error| {
+            file_failure(
+                &file.name,
+                Some(seqno),
+                format!("invalid snapshot: {error}"),
+            )
+        })?;
+        if verified.snapshot.seqno != seqno {
+            let reason = format!(
+                "the file holds the snapshot at seqno {}",
+                verified.snapshot.seqno
+            );
+            return Err(file_failure(&file.name, Some(seqno), reason));
+        }
+        snapshots.insert(seqno, (file.name.as_str(), verified));
+    }
     let mut chunks: Vec<(ChunkName, &LedgerFile)> = files
         .iter()
         .filter_map(|file| ChunkName::parse(&file.name).map(|name| (name, file)))
@@ -146,19 +223,70 @@ pub fn verify_ledger(
         reason: format!("service certificate: {error}"),
     })?;
     let mut verifier = Verifier::new(service_key);
+    let first = chunks[0].0.first;
+    let mut started_from = None;
+    if first > 1 {
+        // The oldest snapshot at or after the ledger's start checks the most entries.
+        let Some((seqno, (_, base))) = snapshots.range(first - 1..).next() else {
+            let reason = format!(
+                "the ledger starts at seqno {first} instead of 1, and no committed snapshot \
+                 covers the seqnos before it"
+            );
+            return Err(fail_at(Some(first), &chunks[0].1.name, 0, reason));
+        };
+        verifier.start_from(base, first);
+        started_from = Some(*seqno);
+    }
+    // The replay compares itself with every snapshot it passes.
+    for (seqno, (name, verified)) in &snapshots {
+        if *seqno > verifier.base_seqno {
+            verifier.expect_snapshot(name, verified);
+        }
+    }
     let last = chunks.len() - 1;
     for (index, (name, file)) in chunks.iter().enumerate() {
         verifier.verify_file(name, file, index == last)?;
     }
-    assert!(verifier.unsigned_tail <= verifier.tree.len());
+    if verifier.next <= verifier.base_seqno {
+        let reason = format!(
+            "the ledger ends at seqno {}, before the snapshot at {} it is verified from",
+            verifier.next - 1,
+            verifier.base_seqno
+        );
+        return Err(fail_at(None, &chunks[last].1.name, 0, reason));
+    }
+    assert!(verifier.unsigned_tail <= verifier.entries);
     Ok(VerifySummary {
-        transactions: verifier.tree.len(),
+        transactions: verifier.entries,
         signatures: verifier.signatures,
         last_signed: verifier.last_signed,
         unsigned_tail: verifier.unsigned_tail,
         torn_tail: verifier.torn_tail,
         files: chunks.len(),
+        snapshots: snapshots.len(),
+        started_from,
     })
+}
+
+/// What the replay must have reached at a snapshot's seqno.
+struct SnapshotCheck {
+    file: String,
+    root: Digest,
+    public: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+    views: Vec<(u64, u64)>,
+    records: BTreeMap<u64, SignatureRecord>,
+    conf_changes: Vec<(u64, Vec<u8>)>,
+}
+
+/// The public maps of a snapshot as plain maps.
+fn public_maps(snapshot: &VerifiedSnapshot<'_>) -> BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>> {
+    let maps = snapshot.snapshot.public.maps.iter().map(|(name, entries)| {
+        let values = entries
+            .iter()
+            .filter_map(|(key, value)| Some((key.clone(), value.clone()?)));
+        (name.clone(), values.collect())
+    });
+    maps.collect()
 }
 
 /// Where an entry is.
@@ -212,6 +340,23 @@ struct Verifier<'a> {
     /// The last entry replayed.
     previous: Option<Location<'a>>,
     torn_tail: Option<(String, u64)>,
+    /// The seqno the next frame must carry.
+    next: u64,
+    /// Entries of the chunk files verified.
+    entries: u64,
+    /// The snapshot the replay started from (0: none) and its leaves, which the entries the
+    /// files hold up to it must match.
+    base_seqno: u64,
+    base_leaves: Vec<Digest>,
+    base_views: Vec<(u64, u64)>,
+    /// Replayed state, kept only while a snapshot lies ahead to compare it with.
+    track: bool,
+    public: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+    views: Vec<(u64, u64)>,
+    records: BTreeMap<u64, SignatureRecord>,
+    conf_changes: Vec<(u64, Vec<u8>)>,
+    /// Snapshots to compare with the replay, by seqno.
+    checks: BTreeMap<u64, SnapshotCheck>,
 }
 
 impl<'a> Verifier<'a> {
@@ -228,14 +373,155 @@ impl<'a> Verifier<'a> {
             uncovered_first: None,
             previous: None,
             torn_tail: None,
+            next: 1,
+            entries: 0,
+            base_seqno: 0,
+            base_leaves: Vec::new(),
+            base_views: Vec::new(),
+            track: false,
+            public: BTreeMap::new(),
+            views: Vec::new(),
+            records: BTreeMap::new(),
+            conf_changes: Vec::new(),
+            checks: BTreeMap::new(),
         }
+    }
+
+    /// Starts the replay from a verified snapshot, for chunk files that begin at `first`.
+    fn start_from(&mut self, base: &VerifiedSnapshot<'_>, first: u64) {
+        let snapshot = &base.snapshot;
+        assert!(first >= 1 && first <= snapshot.seqno + 1);
+        self.tree = base.tree.clone();
+        self.view = snapshot.view;
+        self.nodes = snapshot
+            .public
+            .maps
+            .get(NODES_MAP)
+            .map(|entries| {
+                let present = entries
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.clone()?)));
+                present.collect()
+            })
+            .unwrap_or_default();
+        self.last_signed = Some(TxId::new(snapshot.view, snapshot.seqno));
+        self.next = first;
+        self.base_seqno = snapshot.seqno;
+        self.base_leaves = snapshot.leaves.iter().map(|leaf| leaf.leaf).collect();
+        self.base_views = snapshot.views.clone();
+        self.public = public_maps(base);
+        self.views = snapshot.views.clone();
+        self.records = snapshot.signatures.clone();
+        self.conf_changes = snapshot.conf_changes.clone();
+    }
+
+    /// Remembers a snapshot to compare the replay with at its seqno.
+    fn expect_snapshot(&mut self, file: &str, verified: &VerifiedSnapshot<'_>) {
+        let snapshot = &verified.snapshot;
+        let Some(root) = verified.tree.root() else {
+            return;
+        };
+        self.track = true;
+        self.checks.insert(
+            snapshot.seqno,
+            SnapshotCheck {
+                file: file.to_owned(),
+                root,
+                public: public_maps(verified),
+                views: snapshot.views.clone(),
+                records: snapshot.signatures.clone(),
+                conf_changes: snapshot.conf_changes.clone(),
+            },
+        );
     }
 
     /// The seqno the next entry must carry.
     fn next_seqno(&self) -> u64 {
-        // The tree holds one leaf per entry from seqno 1; a u64 count of leaves in memory
-        // is far below u64::MAX.
-        self.tree.len() + 1
+        self.next
+    }
+
+    /// Checks an entry the snapshot the replay started from already covers: its leaf must be
+    /// the one the snapshot records.
+    fn verify_covered_entry(
+        &mut self,
+        file: &'a LedgerFile,
+        frame: &FrameRef<'_>,
+    ) -> Result<(), VerifyFailure> {
+        let seqno = frame.seqno;
+        let entry = decode_entry(frame.payload).map_err(|error| {
+            fail_at(
+                Some(seqno),
+                &file.name,
+                frame.offset,
+                format!("undecodable entry: {error}"),
+            )
+        })?;
+        let location = Location {
+            tx_id: entry.tx_id,
+            file: &file.name,
+            offset: frame.offset,
+        };
+        if entry.tx_id.seqno != seqno || view_at(&self.base_views, seqno) != Some(entry.tx_id.view)
+        {
+            return Err(location.fail(format!(
+                "entry carries TxID {} where the snapshot at {} records seqno {seqno} in view {:?}",
+                entry.tx_id,
+                self.base_seqno,
+                view_at(&self.base_views, seqno)
+            )));
+        }
+        // Seqnos up to the base are below `base_leaves.len()`, which equals the base seqno.
+        if self.base_leaves[(seqno - 1) as usize] != entry.leaf() {
+            return Err(location.fail(format!(
+                "entry differs from the one the snapshot at {} records (Merkle leaf mismatch)",
+                self.base_seqno
+            )));
+        }
+        self.next += 1;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Compares the replay, which just reached `seqno`, with the snapshot taken there.
+    fn compare_snapshot(
+        &mut self,
+        seqno: u64,
+        location: &Location<'a>,
+    ) -> Result<(), VerifyFailure> {
+        let Some(check) = self.checks.remove(&seqno) else {
+            return Ok(());
+        };
+        let differs = |what: String| VerifyFailure {
+            tx_id: Some(location.tx_id),
+            seqno: Some(seqno),
+            file: check.file.clone(),
+            offset: 0,
+            reason: format!("snapshot disagrees with the ledger at seqno {seqno}: {what}"),
+        };
+        if self.tree.root() != Some(check.root) {
+            return Err(differs(format!("Merkle root over seqnos 1-{seqno}")));
+        }
+        if self.public != check.public {
+            let names: std::collections::BTreeSet<&String> =
+                self.public.keys().chain(check.public.keys()).collect();
+            let name = names
+                .into_iter()
+                .find(|name| self.public.get(*name) != check.public.get(*name))
+                .cloned()
+                .unwrap_or_default();
+            return Err(differs(format!("public map {name}")));
+        }
+        if self.views != check.views {
+            return Err(differs("view history".to_owned()));
+        }
+        if self.records != check.records {
+            return Err(differs("signature records".to_owned()));
+        }
+        if self.conf_changes != check.conf_changes {
+            return Err(differs("configuration changes".to_owned()));
+        }
+        self.track = !self.checks.is_empty();
+        Ok(())
     }
 
     fn verify_file(
@@ -320,6 +606,9 @@ impl<'a> Verifier<'a> {
         // parse_frames checked the frames against the chunk's first seqno, which
         // verify_file checked against the replay.
         assert_eq!(seqno, self.next_seqno(), "frames are consecutive");
+        if seqno <= self.base_seqno {
+            return self.verify_covered_entry(file, frame);
+        }
         if name.last.is_some_and(|last| seqno > last) {
             let reason = format!(
                 "complete chunk is named for seqnos {}-{} but holds seqno {seqno}",
@@ -373,6 +662,9 @@ impl<'a> Verifier<'a> {
                 };
             }
         }
+        if self.track {
+            self.track_entry(&entry, write_set.as_ref());
+        }
         if entry.kind == EntryKind::Signature {
             self.verify_signature(&location, write_set.as_ref())?;
             self.signatures += 1;
@@ -386,7 +678,45 @@ impl<'a> Verifier<'a> {
         self.tree.append(entry.leaf());
         self.previous = Some(location);
         assert_eq!(self.tree.len(), seqno);
-        Ok(())
+        self.next += 1;
+        self.entries += 1;
+        self.compare_snapshot(seqno, &location)
+    }
+
+    /// Applies an entry to the replayed state that snapshots are compared with.
+    fn track_entry(&mut self, entry: &crate::Entry<'_>, write_set: Option<&WriteSet>) {
+        let tx_id = entry.tx_id;
+        if self.views.last().map(|(view, _)| *view) != Some(tx_id.view) {
+            self.views.push((tx_id.view, tx_id.seqno));
+        }
+        if entry.kind == EntryKind::ConfChange {
+            self.conf_changes.push((tx_id.seqno, entry.public.to_vec()));
+            return;
+        }
+        let Some(write_set) = write_set else {
+            return;
+        };
+        for (name, entries) in &write_set.maps {
+            let map = self.public.entry(name.clone()).or_default();
+            for (key, value) in entries {
+                match value {
+                    Some(value) => map.insert(key.clone(), value.clone()),
+                    None => map.remove(key),
+                };
+            }
+            if map.is_empty() {
+                self.public.remove(name);
+            }
+        }
+        if entry.kind == EntryKind::Signature {
+            let record = write_set
+                .get(SIGNATURES_MAP, SIGNATURE_KEY)
+                .flatten()
+                .and_then(|bytes| serde_json::from_slice::<SignatureRecord>(bytes).ok());
+            if let Some(record) = record {
+                self.records.insert(tx_id.seqno, record);
+            }
+        }
     }
 
     /// Checks a signature transaction, before its own leaf joins the tree.
@@ -718,6 +1048,8 @@ mod tests {
                 unsigned_tail: 2,
                 torn_tail: None,
                 files: 2,
+                snapshots: 0,
+                started_from: None,
             }
         );
         assert_eq!(

@@ -54,6 +54,9 @@ pub struct Options {
     pub corruption: Corruption,
     /// When a drawn crash may happen.
     pub crash_point: CrashPoint,
+    /// Nodes take a snapshot every this many seqnos (0: never, the default, which keeps the
+    /// traces of seeds recorded before snapshots existed).
+    pub snapshot_interval_txs: u64,
 }
 
 /// When a node the seed chose to crash actually crashes.
@@ -76,6 +79,7 @@ impl Default for Options {
             liveness_budget_steps: 400,
             corruption: Corruption::None,
             crash_point: CrashPoint::CommittedSignature,
+            snapshot_interval_txs: 0,
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct Report {
     pub commit_seqno: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Committed snapshot files checked (all nodes together).
+    pub snapshots_committed: usize,
 }
 
 /// A violated invariant.
@@ -135,12 +141,15 @@ enum DiskOp {
     HardState(HardStateRecord),
 }
 
-/// A ledger and Raft state as a host keeps them.
+/// A ledger and Raft state as a host keeps them, and its snapshot files (written durably at
+/// once, as the host does).
 #[derive(Clone, Debug, Default)]
 struct Disk {
     entries: Vec<LogEntry>,
     files: Vec<Vec<u8>>,
     hard_state: HardStateRecord,
+    snapshots: BTreeMap<u64, Vec<u8>>,
+    committed_snapshots: BTreeMap<u64, Vec<u8>>,
 }
 
 impl Disk {
@@ -293,6 +302,31 @@ impl SimNode {
                         charter_core::Response::error(503, "NotPrimary", "not the primary"),
                     )),
                     Action::CloseChunk { .. } => {}
+                    Action::WriteSnapshot { seqno, bytes } => {
+                        if let Some(earlier) = self.durable.snapshots.get(&seqno) {
+                            if *earlier != bytes {
+                                return Err(format!(
+                                    "node {:x}: wrote snapshot {seqno} again with other bytes",
+                                    self.raft
+                                ));
+                            }
+                        }
+                        self.volatile.snapshots.insert(seqno, bytes.clone());
+                        self.durable.snapshots.insert(seqno, bytes);
+                    }
+                    Action::CommitSnapshot { seqno, evidence } => {
+                        let Some(bytes) = self.durable.snapshots.get(&seqno) else {
+                            return Err(format!(
+                                "node {:x}: commits snapshot {seqno} it never wrote",
+                                self.raft
+                            ));
+                        };
+                        let file = charter_ledger::encode_committed_snapshot(bytes, &evidence);
+                        self.volatile
+                            .committed_snapshots
+                            .insert(seqno, file.clone());
+                        self.durable.committed_snapshots.insert(seqno, file);
+                    }
                     Action::ReadEntries {
                         from_seqno,
                         to_seqno,
@@ -329,9 +363,11 @@ impl SimNode {
     }
 
     fn restart(&mut self) -> Result<(), String> {
+        // The simulated disk always holds the whole ledger: a restart replays it.
         let restored = Restored {
             entries: self.durable.entries.clone(),
             hard_state: self.durable.hard_state,
+            snapshot: None,
         };
         let mut out = Vec::new();
         let config = self.config.clone();
@@ -581,8 +617,12 @@ impl Setup {
         setup.admit(11);
         setup.admit(12);
         for seed in [11, 12] {
-            let joiner = SimNode::start(node_config(seed), StartMode::Join, Disk::default())
-                .expect("joiner");
+            let joiner = SimNode::start(
+                node_config(seed),
+                StartMode::Join { snapshot: None },
+                Disk::default(),
+            )
+            .expect("joiner");
             setup.nodes.push(joiner);
         }
         for _ in 0..300 {
@@ -660,6 +700,10 @@ pub struct Simulation {
     committed: BTreeMap<u64, TxId>,
     /// The committed ledger all nodes must agree on.
     canonical: Vec<Vec<u8>>,
+    /// The snapshot every node must write for each seqno.
+    canonical_snapshots: BTreeMap<u64, Vec<u8>>,
+    /// Committed snapshot files already verified: (node, seqno).
+    committed_snapshots_checked: std::collections::BTreeSet<(usize, u64)>,
     /// The primary seen in each view.
     primaries: BTreeMap<u64, u64>,
     flipped: bool,
@@ -678,9 +722,11 @@ impl Simulation {
             config.seed = rng.next_u64();
             // Fewer signatures than CCF's 100 ms default: ECDSA P-384 dominates a debug run.
             config.signature_interval_ms = SIGNATURE_INTERVAL_MS;
+            config.snapshot_interval_txs = options.snapshot_interval_txs;
             let restored = Restored {
                 entries: disk.entries.clone(),
                 hard_state: disk.hard_state,
+                snapshot: None,
             };
             let node = SimNode::start(config, StartMode::Restart(restored), disk.clone()).map_err(
                 |message| Failure {
@@ -711,6 +757,8 @@ impl Simulation {
             writes: Vec::new(),
             committed: BTreeMap::new(),
             canonical: Vec::new(),
+            canonical_snapshots: BTreeMap::new(),
+            committed_snapshots_checked: std::collections::BTreeSet::new(),
             primaries: BTreeMap::new(),
             flipped: false,
             trace_hash: 0xcbf2_9ce4_8422_2325,
@@ -785,6 +833,7 @@ impl Simulation {
             writes_committed: self.committed.len(),
             commit_seqno,
             crashes: self.crashes,
+            snapshots_committed: self.committed_snapshots_checked.len(),
         })
     }
 
@@ -1086,6 +1135,40 @@ impl Simulation {
                 }
             }
             self.nodes[index].checked_upto = self.nodes[index].checked_upto.max(commit);
+        }
+        // Every node writes the same snapshot for a seqno, and every committed snapshot file
+        // verifies against the service certificate.
+        for index in 0..self.nodes.len() {
+            let disk = &self.nodes[index].durable;
+            for (seqno, bytes) in &disk.snapshots {
+                match self.canonical_snapshots.get(seqno) {
+                    Some(expected) if expected != bytes => {
+                        return Err(format!(
+                            "n{index}'s snapshot at {seqno} differs from another node's"
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.canonical_snapshots.insert(*seqno, bytes.clone());
+                    }
+                }
+            }
+            for (seqno, file) in &disk.committed_snapshots {
+                if !self.committed_snapshots_checked.insert((index, *seqno)) {
+                    continue;
+                }
+                let service_cert = &self.nodes[index].config.service_cert;
+                let verified = charter_ledger::verify_committed_snapshot(file, service_cert)
+                    .map_err(|error| {
+                        format!("n{index}'s committed snapshot {seqno} is invalid: {error}")
+                    })?;
+                if verified.snapshot.seqno != *seqno {
+                    return Err(format!(
+                        "n{index}'s committed snapshot {seqno} holds seqno {}",
+                        verified.snapshot.seqno
+                    ));
+                }
+            }
         }
         // Writes seen committed on one node stay committed on every node whose commit covers them.
         for write in &self.writes {

@@ -1,10 +1,13 @@
-//! `charter-sim --seeds N [--start S] [--steps K] [--crash-anywhere]`: runs seeds S..S+N; on the first failure
+//! `charter-sim --seeds N [--start S] [--steps K] [--snapshot-interval T] [--crash-anywhere]`:
+//! runs seeds S..S+N; on the first failure
 //! prints the seed, the last trace events and the command that replays it, and exits 1.
 
 use charter_sim::{run_seed, CrashPoint, Options};
 
 fn usage() -> ! {
-    eprintln!("usage: charter-sim --seeds N [--start S] [--steps K] [--crash-anywhere]");
+    eprintln!(
+        "usage: charter-sim --seeds N [--start S] [--steps K] [--snapshot-interval T] [--crash-anywhere]"
+    );
     std::process::exit(2);
 }
 
@@ -26,6 +29,7 @@ fn main() {
             "--seeds" => seeds = value,
             "--start" => start = value,
             "--steps" => options.steps = value,
+            "--snapshot-interval" => options.snapshot_interval_txs = value,
             _ => usage(),
         }
     }
@@ -35,8 +39,8 @@ fn main() {
             Ok(report) => {
                 steps += report.steps;
                 println!(
-                    "seed {seed}: ok, {} steps, {} writes acknowledged, {} committed, commit seqno {}, {} crashes, trace {:016x}",
-                    report.steps, report.writes_acked, report.writes_committed, report.commit_seqno, report.crashes, report.trace_hash
+                    "seed {seed}: ok, {} steps, {} writes acknowledged, {} committed, commit seqno {}, {} crashes, {} committed snapshots, trace {:016x}",
+                    report.steps, report.writes_acked, report.writes_committed, report.commit_seqno, report.crashes, report.snapshots_committed, report.trace_hash
                 );
             }
             Err(failure) => {
@@ -46,8 +50,12 @@ fn main() {
                 } else {
                     ""
                 };
+                let snapshots = match options.snapshot_interval_txs {
+                    0 => String::new(),
+                    interval => format!(" --snapshot-interval {interval}"),
+                };
                 eprintln!(
-                    "replay: cargo run -p charter-sim -- --seeds 1 --start {seed} --steps {}{anywhere}",
+                    "replay: cargo run -p charter-sim -- --seeds 1 --start {seed} --steps {}{snapshots}{anywhere}",
                     options.steps
                 );
                 std::process::exit(1);

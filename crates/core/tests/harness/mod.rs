@@ -3,9 +3,11 @@
 //! user1 as a Contributor (`user_data.role`). Shared by tests and benchmarks of several crates.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+
 use charter_core::{
     Action, HardStateRecord, Input, LogEntry, LogKind, Method, Node, NodeConfig, Request,
-    RequestId, StartMode,
+    RequestId, Restored, StartMode,
 };
 use charter_crypto::{
     cose_sign1, Certificate, CertificateSpec, LedgerSecret, SigningKey, Validity,
@@ -34,6 +36,12 @@ pub struct Harness {
     pub member_key: SigningKey,
     pub service: Certificate,
     pub config: NodeConfig,
+    /// Seqno of the snapshot the ledger continues (0: `ledger[0]` is seqno 1).
+    pub base: u64,
+    /// Snapshots the node wrote, by seqno.
+    pub snapshots: BTreeMap<u64, Vec<u8>>,
+    /// Committed snapshot files, by seqno.
+    pub committed_snapshots: BTreeMap<u64, Vec<u8>>,
 }
 
 pub fn cert(seed: u8, name: &str, ca: bool) -> (SigningKey, Certificate) {
@@ -53,6 +61,98 @@ impl Harness {
         Harness::with_apps(Vec::new())
     }
 
+    /// An opened single-node service whose configuration `configure` adjusts.
+    pub fn new_with(configure: impl Fn(&mut NodeConfig)) -> Harness {
+        let mut harness = Harness::start_with(2, None, configure);
+        harness.tick(1);
+        harness.open_service();
+        harness
+    }
+
+    /// Like [`Harness::joiner`], starting from a committed snapshot file when one is given.
+    pub fn joiner_with(
+        seed: u8,
+        snapshot: Option<Vec<u8>>,
+        configure: impl Fn(&mut NodeConfig),
+    ) -> Harness {
+        let base = match &snapshot {
+            Some(file) => {
+                let parts = charter_ledger::split_committed_snapshot(file).unwrap();
+                charter_ledger::decode_snapshot(parts.snapshot)
+                    .unwrap()
+                    .seqno
+            }
+            None => 0,
+        };
+        let mode = StartMode::Join {
+            snapshot: snapshot.clone(),
+        };
+        let mut harness = Harness::start_with(seed, Some(mode), configure);
+        if let Some(file) = snapshot {
+            harness.base = base;
+            harness.committed_snapshots.insert(base, file);
+        }
+        harness
+    }
+
+    /// Restarts the node from what its host kept: the whole ledger, or (for a node that
+    /// started from a snapshot) the newest committed snapshot its ledger continues and the
+    /// entries after it.
+    pub fn restart(&mut self) {
+        let mut snapshot = None;
+        if self.base > 0 {
+            let last = self.base + self.ledger.len() as u64;
+            let (&seqno, file) = self
+                .committed_snapshots
+                .range(self.base..=last)
+                .next_back()
+                .expect("a committed snapshot covers the ledger's start");
+            let skip = (seqno - self.base) as usize;
+            self.ledger.drain(..skip);
+            self.files.drain(..skip);
+            self.base = seqno;
+            snapshot = Some(file.clone());
+        }
+        let restored = Restored {
+            entries: self.ledger.clone(),
+            hard_state: self.hard_state,
+            snapshot,
+        };
+        let mut out = Vec::new();
+        self.node = Node::new(self.config.clone(), StartMode::Restart(restored), &mut out).unwrap();
+        self.outbox.clear();
+        self.host(out);
+    }
+
+    /// The ledger as its host would store it: complete chunks ending at signatures every
+    /// few entries and the rest in an open chunk, from seqno `first` on.
+    pub fn chunk_files(&self, first: u64) -> Vec<charter_ledger::LedgerFile> {
+        use charter_ledger::frame::encode_frame;
+        let mut files = Vec::new();
+        let mut chunk = Vec::new();
+        let mut chunk_first = first;
+        for (index, bytes) in self.files.iter().enumerate() {
+            let seqno = self.base + index as u64 + 1;
+            if seqno < first {
+                continue;
+            }
+            encode_frame(seqno, bytes, &mut chunk);
+            let entry = charter_ledger::decode_entry(bytes).unwrap();
+            if entry.kind == charter_ledger::EntryKind::Signature && seqno - chunk_first >= 8 {
+                files.push(charter_ledger::LedgerFile {
+                    name: format!("ledger_{chunk_first}-{seqno}.committed"),
+                    bytes: std::mem::take(&mut chunk),
+                });
+                chunk_first = seqno + 1;
+            }
+        }
+        files.push(charter_ledger::LedgerFile {
+            name: format!("ledger_{chunk_first}"),
+            bytes: chunk,
+        });
+        files
+    }
+
     /// A harness whose node serves `apps` besides the built-in key-value app.
     pub fn with_apps(apps: Vec<Box<dyn charter_core::Application>>) -> Harness {
         let mut harness = Harness::start(2, None);
@@ -67,7 +167,7 @@ impl Harness {
     /// A node (key seed `seed`) of the same service that joins it: it holds the ledger secret
     /// and the service certificate, and waits for the primary to replicate to it.
     pub fn joiner(seed: u8) -> Harness {
-        Harness::start(seed, Some(StartMode::Join))
+        Harness::start(seed, Some(StartMode::Join { snapshot: None }))
     }
 
     /// The node's key, certificate endorsed by the service, and its join request evidence.
@@ -85,25 +185,33 @@ impl Harness {
         (node_key, node_cert)
     }
 
-    fn start(seed: u8, mode: Option<StartMode>) -> Harness {
-        let (service_key, service) = cert(1, "service", true);
-        let node_key = SigningKey::from_seed(&[seed; 32]).unwrap();
-        let spec = CertificateSpec {
-            common_name: "node",
-            is_ca: false,
-            subject_alt_names: &[],
-            validity: VALIDITY,
-        };
-        let node_cert =
-            Certificate::issue(&node_key.verifying_key(), &spec, &service_key, &service).unwrap();
+    /// The configuration of the node with key seed `seed`, adjusted by `configure`.
+    pub fn node_config(seed: u8, configure: impl Fn(&mut NodeConfig)) -> NodeConfig {
+        let (node_key, node_cert) = Harness::node_identity(seed);
+        let (_, service) = cert(1, "service", true);
         let evidence = charter_attest::virtual_evidence(&"ab".repeat(32), &[7; 32]);
-        let config = NodeConfig::new(
+        let mut config = NodeConfig::new(
             node_key,
             node_cert,
-            service.clone(),
+            service,
             LedgerSecret::from_bytes([3; 32]),
             evidence,
         );
+        configure(&mut config);
+        config
+    }
+
+    fn start(seed: u8, mode: Option<StartMode>) -> Harness {
+        Harness::start_with(seed, mode, |_| {})
+    }
+
+    fn start_with(
+        seed: u8,
+        mode: Option<StartMode>,
+        configure: impl Fn(&mut NodeConfig),
+    ) -> Harness {
+        let (_, service) = cert(1, "service", true);
+        let config = Harness::node_config(seed, configure);
         let (_, user) = cert(4, "user0", false);
         let (_, user1) = cert(6, "user1", false);
         let (member_key, member) = cert(5, "member0", false);
@@ -127,6 +235,9 @@ impl Harness {
             member_key,
             service,
             config,
+            base: 0,
+            snapshots: BTreeMap::new(),
+            committed_snapshots: BTreeMap::new(),
         };
         harness.host(out);
         harness
@@ -227,7 +338,7 @@ impl Harness {
             for action in actions.drain(..) {
                 match action {
                     Action::Append { seqno, bytes } => {
-                        assert_eq!(seqno, self.ledger.len() as u64 + 1);
+                        assert_eq!(seqno, self.base + self.ledger.len() as u64 + 1);
                         let entry = charter_ledger::decode_entry(&bytes).unwrap();
                         let (data, kind) = match entry.kind {
                             charter_ledger::EntryKind::Noop => (Vec::new(), LogKind::Normal),
@@ -245,8 +356,23 @@ impl Harness {
                         self.files.push(bytes);
                     }
                     Action::Truncate { from_seqno } => {
-                        self.ledger.truncate(from_seqno as usize - 1);
-                        self.files.truncate(from_seqno as usize - 1);
+                        assert!(from_seqno > self.base, "truncation into the snapshot");
+                        let keep = (from_seqno - self.base - 1) as usize;
+                        self.ledger.truncate(keep);
+                        self.files.truncate(keep);
+                    }
+                    Action::WriteSnapshot { seqno, bytes } => {
+                        if let Some(earlier) = self.snapshots.insert(seqno, bytes.clone()) {
+                            assert_eq!(
+                                earlier, bytes,
+                                "snapshot {seqno} written twice, differently"
+                            );
+                        }
+                    }
+                    Action::CommitSnapshot { seqno, evidence } => {
+                        let bytes = self.snapshots.get(&seqno).expect("a written snapshot");
+                        let file = charter_ledger::encode_committed_snapshot(bytes, &evidence);
+                        self.committed_snapshots.insert(seqno, file);
                     }
                     Action::Send { to, bytes } => self.outbox.push((to, bytes)),
                     Action::SaveHardState(state) => self.hard_state = state,
@@ -264,7 +390,11 @@ impl Harness {
                         to_seqno,
                     } => {
                         let entries = (from_seqno..=to_seqno)
-                            .map(|seqno| (seqno, self.files.get(seqno as usize - 1).cloned()))
+                            .map(|seqno| {
+                                let index = seqno.checked_sub(self.base + 1);
+                                let bytes = index.and_then(|index| self.files.get(index as usize));
+                                (seqno, bytes.cloned())
+                            })
                             .collect();
                         reads.push(entries);
                     }
