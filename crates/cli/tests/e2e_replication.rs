@@ -528,7 +528,8 @@ async fn membership_grows_to_five_and_shrinks_to_three_while_writes_continue() {
     // The node channel refuses a retired node and a certificate the service never endorsed,
     // and still accepts a trusted node.
     let listener = network.nodes[primary].node_address;
-    let (cert, key) = node_pems(&network.nodes[remaining[1]].dir);
+    let other = remaining.iter().copied().find(|i| *i != primary).unwrap();
+    let (cert, key) = node_pems(&network.nodes[other].dir);
     assert!(
         node_channel_accepts(listener, &cert, &key).await,
         "a trusted node was refused:\n{}",
@@ -612,4 +613,115 @@ async fn a_node_with_a_disallowed_measurement_cannot_join() {
     // The pending node does not serve clients yet.
     assert!(network.get(index, "/node/state").await.is_none());
     network.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_after_ten_thousand_transactions_starts_from_a_snapshot() {
+    let (_dir, workspace) = setup();
+    let mut network = Network::start(&workspace, 3, &["--snapshot-interval-txs", "5000"]);
+    // 10,000 writes from concurrent clients, spread over every node.
+    let total = 10_000usize;
+    let tls = network.tls(Some("user0"));
+    let addresses = network.addresses(&[0, 1, 2]);
+    let mut writers = Vec::new();
+    for worker in 0..32usize {
+        let tls = tls.clone();
+        let address = addresses[worker % addresses.len()];
+        writers.push(tokio::spawn(async move {
+            let mut client = charter_host::client::Client::connect(address, "127.0.0.1", tls)
+                .await
+                .unwrap();
+            for index in (worker..total).step_by(32) {
+                put(&mut client, &format!("s{index:05}"), &format!("v{index}"))
+                    .await
+                    .unwrap_or_else(|error| panic!("write {index}: {error}"));
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let primary = network
+        .wait_for_primary(&[0, 1, 2], Duration::from_secs(10))
+        .await;
+    let target = commit_seqno(&network, primary).await;
+    assert!(target > total as u64);
+    // Every node writes the same snapshots; wait until the primary's is committed.
+    let snapshots = network.nodes[primary].dir.join("snapshots");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed_snapshot = loop {
+        let found = std::fs::read_dir(&snapshots)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                name.strip_prefix("snapshot_")?
+                    .strip_suffix(".committed")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max();
+        if let Some(seqno) = found {
+            break seqno;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no committed snapshot:\n{}",
+            network.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(committed_snapshot >= 5_000);
+
+    let index = network.add_joining_node();
+    let node_id = pending_node_id(&network, index).await;
+    network.nodes[index].node_id = node_id.clone();
+    network.pass(
+        0,
+        json!([{"name": "transition_node_to_trusted", "args": {"node_id": node_id}}]),
+    );
+    wait_committed(&network, index, target, Duration::from_secs(120)).await;
+    let consensus = network.get(index, "/node/consensus").await.unwrap();
+    let base = consensus["snapshot_base_seqno"].as_u64().unwrap_or(0);
+    assert!(
+        base >= 5_000,
+        "the joined node did not start from a snapshot: {consensus}"
+    );
+    let log = std::fs::read_to_string(network.nodes[index].dir.join("node.log")).unwrap();
+    assert!(log.contains("joining from a committed snapshot"), "{log}");
+    // Its ledger files start after the snapshot; the state before it came from the snapshot.
+    let first_chunk = std::fs::read_dir(network.nodes[index].dir.join("ledger"))
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .into_string()
+                .ok()?
+                .strip_prefix("ledger_")?
+                .split(['-', '.'])
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .min()
+        .unwrap();
+    assert_eq!(first_chunk, base + 1);
+    let mut client = network.client(index, Some("user0")).await;
+    for key in [0usize, 1, 4_999, 9_999] {
+        let response = client
+            .request("GET", &format!("/app/kv/s{key:05}"), &[], Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            (response.status, text(&response.body)),
+            (200, format!("v{key}"))
+        );
+    }
+    // Writes keep committing with the new node, and its ledger verifies from its snapshot.
+    let mut client = network.client(index, Some("user0")).await;
+    put(&mut client, "after-join", "x").await.unwrap();
+    network.stop();
+    verify_ledger(&network, index);
 }

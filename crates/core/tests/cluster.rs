@@ -605,9 +605,9 @@ fn every_node_writes_the_same_snapshots_and_a_late_joiner_starts_from_one() {
 fn a_node_that_started_from_a_snapshot_restarts_from_it_before_writing_another() {
     let mut cluster = three_nodes_with(|config| {
         small_snapshots(config);
-        config.snapshot_interval_txs = 40;
+        config.snapshot_interval_txs = 60;
     });
-    write_and_commit(&mut cluster, 0, "k", 45);
+    write_and_commit(&mut cluster, 0, "k", 65);
     cluster.tick_until(100, "a committed snapshot", |c| {
         !c.nodes[0].committed_snapshots.is_empty()
     });
@@ -621,7 +621,7 @@ fn a_node_that_started_from_a_snapshot_restarts_from_it_before_writing_another()
         .nodes
         .push(Harness::joiner_with(13, Some(file), |config| {
             small_snapshots(config);
-            config.snapshot_interval_txs = 40;
+            config.snapshot_interval_txs = 60;
         }));
     cluster.down.push(false);
     cluster.tick_until(300, "the fourth node to catch up", |c| {

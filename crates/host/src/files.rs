@@ -481,6 +481,21 @@ impl LedgerFiles {
     /// # Errors
     /// [`FilesError::Io`].
     pub fn save_hard_state(&mut self, state: HardStateRecord) -> Result<(), FilesError> {
+        self.write_hard_state(state, true)
+    }
+
+    /// Records a new commit index with an unchanged term and vote, without waiting for the
+    /// disk: it survives a killed process (the page cache keeps it), which is what a restarting
+    /// replica needs to rebuild its configuration from the committed configuration changes;
+    /// term and vote, which Raft's safety rests on, go through [`LedgerFiles::save_hard_state`].
+    ///
+    /// # Errors
+    /// [`FilesError`] if the file cannot be written.
+    pub fn save_commit(&mut self, state: HardStateRecord) -> Result<(), FilesError> {
+        self.write_hard_state(state, false)
+    }
+
+    fn write_hard_state(&mut self, state: HardStateRecord, sync: bool) -> Result<(), FilesError> {
         let path = self.dir.join(HARD_STATE_FILE);
         let temporary = self.dir.join("raft_state.json.tmp");
         let text =
@@ -488,7 +503,9 @@ impl LedgerFiles {
                 .to_string();
         let mut file = File::create(&temporary).map_err(io(&temporary))?;
         file.write_all(text.as_bytes()).map_err(io(&temporary))?;
-        file.sync_data().map_err(io(&temporary))?;
+        if sync {
+            file.sync_data().map_err(io(&temporary))?;
+        }
         fs::rename(&temporary, &path).map_err(io(&path))?;
         Ok(())
     }

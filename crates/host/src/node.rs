@@ -65,6 +65,10 @@ pub struct NodeFileConfig {
     /// Signature every T milliseconds (default 100).
     #[serde(default = "default_signature_ms")]
     pub signature_interval_ms: u64,
+    /// Milliseconds per Raft tick (default 100): heartbeats go every 2 ticks and a follower
+    /// starts an election after 10 to 20 ticks without hearing from the primary.
+    #[serde(default = "default_raft_tick_ms")]
+    pub raft_tick_ms: u64,
     /// A snapshot every N committed transactions (default 10,000; 0 turns snapshots off).
     #[serde(default = "default_snapshot_txs")]
     pub snapshot_interval_txs: u64,
@@ -96,6 +100,10 @@ impl NodeFileConfig {
             .ok_or("set node_address: the client port + 1000 is not a port")?;
         Ok(SocketAddr::new(self.rpc_address.ip(), port))
     }
+}
+
+fn default_raft_tick_ms() -> u64 {
+    100
 }
 
 fn default_snapshot_txs() -> u64 {
@@ -773,13 +781,18 @@ impl CoreLoop {
                         self.files.truncate(from_seqno).map_err(|e| e.to_string())?
                     }
                     Action::SaveHardState(state) => {
-                        // The commit index is recomputed from signatures at restart; only term
-                        // and vote must be durable.
+                        // Term and vote must be durable before the messages that depend on
+                        // them leave (the sync that follows); the commit index is kept lazily.
                         if (state.term, state.vote) != (self.hard_state.term, self.hard_state.vote)
                         {
                             self.files
                                 .save_hard_state(state)
                                 .map_err(|e| e.to_string())?;
+                        } else if state.commit != self.hard_state.commit {
+                            // A restarting replica applies the configuration changes up to the
+                            // saved commit index: a stale one would leave it with an old
+                            // configuration (e.g. the genesis node alone, able to elect itself).
+                            self.files.save_commit(state).map_err(|e| e.to_string())?;
                         }
                         self.hard_state = state;
                     }
@@ -981,6 +994,7 @@ pub fn run_node(
     node_config.signature_interval_ms = config.signature_interval_ms.max(1);
     node_config.chunk_bytes_max = config.chunk_bytes_max;
     node_config.snapshot_interval_txs = config.snapshot_interval_txs;
+    node_config.raft_tick_ms = config.raft_tick_ms.max(1);
     node_config.rpc_address = config.rpc_address.to_string();
     node_config.node_address = node_address.to_string();
     node_config.service_key = Some(identity.service_key.clone());

@@ -424,8 +424,18 @@ fn spawn_node(dir: &Path) -> Child {
         .expect("spawn charter node")
 }
 
-/// `PUT /app/kv/{key}` through `client`; the TxID on success.
+/// `PUT /app/kv/{key}` through `client`; the TxID on success. A 503 (not executed: no primary
+/// at the moment) is retried for up to about 10 s.
 pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<String, String> {
+    put_retrying(client, key, value, 100).await
+}
+
+async fn put_retrying(
+    client: &mut Client,
+    key: &str,
+    value: &str,
+    retries: u32,
+) -> Result<String, String> {
     let response: ClientResponse = tokio::time::timeout(
         Duration::from_secs(15),
         client.request(
@@ -438,6 +448,11 @@ pub async fn put(client: &mut Client, key: &str, value: &str) -> Result<String, 
     .await
     .map_err(|_| "timed out".to_owned())?
     .map_err(|error| error.to_string())?;
+    if response.status == 503 && retries > 0 {
+        // Not executed (no primary right now, e.g. during an election): ask again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return Box::pin(put_retrying(client, key, value, retries - 1)).await;
+    }
     if response.status != 200 {
         return Err(format!("{}: {}", response.status, text(&response.body)));
     }
