@@ -377,6 +377,14 @@ impl Consensus {
         self.node.raft.state == StateRole::Leader
     }
 
+    /// Whether this node leads and raft-rs would take a proposal now: not while it hands
+    /// leadership over, nor once a configuration without it has taken effect (raft-rs drops
+    /// proposals then).
+    pub fn accepts_proposals(&self) -> bool {
+        let raft = &self.node.raft;
+        self.is_leader() && raft.lead_transferee.is_none() && raft.prs().get(raft.id).is_some()
+    }
+
     /// The leader's Raft ID, if known.
     pub fn leader_id(&self) -> Option<u64> {
         let leader = self.node.raft.leader_id;

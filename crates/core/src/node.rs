@@ -471,9 +471,9 @@ impl Node {
         self.consensus.voters()
     }
 
-    /// Whether this node is the primary.
+    /// Whether this node is the primary, able to write: not while it hands leadership over.
     pub fn is_primary(&self) -> bool {
-        self.consensus.is_leader()
+        self.consensus.accepts_proposals()
     }
 
     /// The store as of the last ingested entry.
@@ -616,7 +616,7 @@ impl Node {
     }
 
     fn signature_due(&self) -> bool {
-        if !self.consensus.is_leader() || self.unsigned_txs == 0 {
+        if !self.consensus.accepts_proposals() || self.unsigned_txs == 0 {
             return false;
         }
         let since = self.unsigned_since_ms.unwrap_or(self.now_ms);
@@ -921,7 +921,7 @@ impl Node {
 
     /// Appends a signature transaction over everything before it.
     fn emit_signature(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
-        if !self.consensus.is_leader() {
+        if !self.consensus.accepts_proposals() {
             return Ok(());
         }
         let (view, seqno) = self.consensus.next_tx();
