@@ -162,6 +162,10 @@ pub struct NodeConfig {
     pub evidence: charter_attest::Evidence,
     /// Signed governance requests must be created within this many seconds of the node's time.
     pub gov_request_window_s: u64,
+    /// Deliberately wrong, for the simulator's self-test only: a primary counts each signature
+    /// it appends as committed at once, before a majority holds it. Never set it elsewhere.
+    #[doc(hidden)]
+    pub unsafe_commit_before_majority: bool,
 }
 
 impl NodeConfig {
@@ -187,6 +191,7 @@ impl NodeConfig {
             raft_tick_ms: 50,
             seed: 0,
             rpc_address: String::new(),
+            unsafe_commit_before_majority: false,
         }
     }
 }
@@ -664,6 +669,12 @@ impl Node {
                                 last_seqno: entry.seqno,
                             });
                             self.chunk_bytes = 0;
+                        }
+                        if self.config.unsafe_commit_before_majority
+                            && self.consensus.is_leader()
+                            && self.signatures.contains_key(&entry.seqno)
+                        {
+                            self.commit_seqno = self.commit_seqno.max(entry.seqno);
                         }
                     }
                 }
