@@ -68,10 +68,12 @@ impl Disk {
         match error {
             None if self.torn_tail.is_empty() => {}
             Some(FrameError::TornTail { offset, .. }) if offset == good as u64 => {}
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "the ledger reads back as {other:?} with a torn tail of {} bytes after byte {good}",
                 self.torn_tail.len()
-            )),
+            ))
+            }
         }
         if frames.len() != self.files.len() {
             return Err(format!(

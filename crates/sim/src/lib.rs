@@ -150,10 +150,14 @@ pub enum Fault {
     ClockJump,
     /// A node's wall clock jumped (either way).
     WallClockJump,
-    /// A node joined (join request, then a trust proposal).
+    /// A fourth node started and asked to join (join request, then a trust proposal).
     Join,
-    /// A node was retired by a `remove_node` proposal.
+    /// The joining node became trusted in the committed ledger.
+    JoinTrusted,
+    /// Governance was asked to retire a node (`remove_node`).
     Retirement,
+    /// The node's retirement reached the committed ledger.
+    RetirementCommitted,
     /// A member governance request the service accepted.
     GovRequest,
     /// A member governance request the service refused (stale, not primary, no such proposal).
@@ -162,7 +166,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every kind, in report order.
-    pub const ALL: [Fault; 17] = [
+    pub const ALL: [Fault; 19] = [
         Fault::MessageLost,
         Fault::MessageDuplicated,
         Fault::MessageBlocked,
@@ -177,7 +181,9 @@ impl Fault {
         Fault::ClockJump,
         Fault::WallClockJump,
         Fault::Join,
+        Fault::JoinTrusted,
         Fault::Retirement,
+        Fault::RetirementCommitted,
         Fault::GovRequest,
         Fault::GovRequestRefused,
     ];
@@ -198,8 +204,10 @@ impl Fault {
             Fault::SlowDisk => "disks with delayed syncs",
             Fault::ClockJump => "monotonic clock jumps",
             Fault::WallClockJump => "wall clock jumps",
-            Fault::Join => "node joins",
-            Fault::Retirement => "node retirements",
+            Fault::Join => "nodes asking to join",
+            Fault::JoinTrusted => "joining nodes trusted",
+            Fault::Retirement => "retirements proposed",
+            Fault::RetirementCommitted => "retirements committed",
             Fault::GovRequest => "governance requests accepted",
             Fault::GovRequestRefused => "governance requests refused",
         }

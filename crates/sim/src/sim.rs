@@ -803,7 +803,12 @@ impl Simulation {
                     }
                 }
                 Some(NodeStatus::Pending) => self.trust_wanted = Some(joiner),
-                Some(_) => self.trust_wanted = None,
+                Some(_) => {
+                    if self.trust_wanted.take().is_some() {
+                        self.faults.add(Fault::JoinTrusted);
+                        self.trace(format!("n{joiner} is trusted"));
+                    }
+                }
             }
         }
         let trusted: Vec<usize> = (0..self.nodes.len())
@@ -823,6 +828,7 @@ impl Simulation {
             if self.committed_status(victim) == Some(NodeStatus::Retired) {
                 self.retire_wanted = None;
                 self.retired.insert(victim);
+                self.faults.add(Fault::RetirementCommitted);
                 self.trace(format!("n{victim} is retired"));
             }
         }
