@@ -372,6 +372,21 @@ impl Consensus {
         self.after_raft_call();
     }
 
+    /// A leader that a committed configuration change removed stays leader in raft-rs (a TODO
+    /// in its `post_conf_change`), and panics on its next commit, its own progress gone. It
+    /// steps down instead, in the same term; the remaining voters elect a new leader. (A leader
+    /// removes others only, handing leadership over before it goes, but it may win an election
+    /// with its own removal, proposed by the previous leader, still uncommitted in its log.)
+    fn step_down_if_removed(&mut self) {
+        let id = self.node.raft.id;
+        if self.is_leader() && self.node.raft.prs().get(id).is_none() {
+            let term = self.node.raft.term;
+            self.node.raft.become_follower(term, raft::INVALID_ID);
+            self.after_raft_call();
+        }
+        assert!(!self.is_leader() || self.node.raft.prs().get(id).is_some());
+    }
+
     /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
@@ -481,6 +496,7 @@ impl Consensus {
                             out.push(Output::ConfChanged {
                                 voters: self.voters(),
                             });
+                            self.step_down_if_removed();
                         }
                     }
                 }
