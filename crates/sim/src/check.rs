@@ -44,12 +44,13 @@ pub(crate) struct Checker {
     /// The replayed store after each committed seqno (index 0: before any).
     replay: Vec<Store>,
     signed_roots: BTreeMap<Digest, SignedRoot>,
-    /// Per node: the commit seqno its store was last compared at.
-    store_checked_at: Vec<u64>,
+    /// Per node: the commit seqno and last TxID its store was last compared at.
+    store_checked_at: Vec<(u64, TxId)>,
     /// Per node: up to where its committed entries were compared with the canonical ones.
     pub checked_upto: Vec<u64>,
     /// Writes observed committed, by seqno.
     pub committed: BTreeMap<u64, TxId>,
+    /// Whether the corruption was applied already (it is applied once).
     flipped: bool,
     pub receipts_checked: u64,
 }
@@ -84,13 +85,13 @@ impl Checker {
     pub fn node_restarted(&mut self, index: usize) {
         self.grow(index + 1);
         self.checked_upto[index] = 0;
-        self.store_checked_at[index] = 0;
+        self.store_checked_at[index] = (0, TxId::new(0, 0));
     }
 
     fn grow(&mut self, nodes: usize) {
         if self.checked_upto.len() < nodes {
             self.checked_upto.resize(nodes, 0);
-            self.store_checked_at.resize(nodes, 0);
+            self.store_checked_at.resize(nodes, (0, TxId::new(0, 0)));
         }
     }
 
@@ -191,21 +192,8 @@ impl Checker {
                 entry.tx_id
             ));
         }
-        let mut write_set = if entry.public.is_empty() || entry.kind == EntryKind::ConfChange {
-            WriteSet::new()
-        } else {
-            WriteSet::decode(entry.public)
-                .map_err(|error| format!("committed entry {seqno}: public domain: {error}"))?
-        };
-        let private = entry
-            .decrypt_private(&self.ledger_secret, &bytes)
+        let write_set = write_set_of(&entry, &bytes, &self.ledger_secret)
             .map_err(|error| format!("committed entry {seqno}: {error}"))?;
-        if !private.is_empty() {
-            write_set
-                .merge(WriteSet::decode(&private).map_err(|error| {
-                    format!("committed entry {seqno}: private domain: {error}")
-                })?);
-        }
         if entry.kind == EntryKind::Signature {
             // Merkle roots agree at each signature: the signed root is the simulator's root over
             // every committed entry before it.
@@ -234,7 +222,12 @@ impl Checker {
         }
         self.tree.append(entry.leaf());
         let mut store = self.committed_store().clone();
-        if !write_set.is_empty() {
+        let dropped = self.corruption == Corruption::DropReplayedWrite
+            && !self.flipped
+            && write_set.maps.contains_key("kv");
+        if dropped {
+            self.flipped = true;
+        } else if !write_set.is_empty() {
             store.apply(&write_set, seqno);
         }
         self.replay.push(store);
@@ -275,22 +268,41 @@ impl Checker {
     }
 
     /// Every node's key-value state equals the simulator's replay of the committed write sets,
-    /// whenever the node holds nothing beyond its commit point.
+    /// followed by the replay of the node's own entries past its commit point.
     fn replayed_state(&mut self, nodes: &[SimNode]) -> Result<(), String> {
         for (index, sim) in nodes.iter().enumerate() {
             let Some(node) = &sim.node else { continue };
             let commit = node.commit_tx_id().seqno;
-            if node.last_tx_id().seqno != commit || self.store_checked_at[index] == commit {
+            let last = node.last_tx_id();
+            if self.store_checked_at[index] == (commit, last) {
                 continue;
             }
-            let Some(expected) = self.replay.get(commit as usize) else {
+            let Some(committed) = self.replay.get(commit as usize) else {
                 return Err(format!(
                     "n{index} commits {commit} beyond the committed ledger"
                 ));
             };
-            compare_stores(node.store(), expected)
-                .map_err(|difference| format!("n{index}'s state at commit {commit} is not the replay of the committed ledger: {difference}"))?;
-            self.store_checked_at[index] = commit;
+            let mut expected = committed.clone();
+            for seqno in commit + 1..=last.seqno {
+                let Some(bytes) = sim.volatile.files.get(seqno as usize - 1) else {
+                    return Err(format!(
+                        "n{index}'s ledger ends before its last entry {last}"
+                    ));
+                };
+                let entry = decode_entry(bytes)
+                    .map_err(|error| format!("n{index}'s entry {seqno}: {error}"))?;
+                let write_set = write_set_of(&entry, bytes, &self.ledger_secret)
+                    .map_err(|error| format!("n{index}'s entry {seqno}: {error}"))?;
+                if !write_set.is_empty() {
+                    expected.apply(&write_set, seqno);
+                }
+            }
+            compare_stores(node.store(), &expected).map_err(|difference| {
+                format!(
+                    "n{index}'s state (commit {commit}, last {last}) is not the replay of the committed ledger and its own entries after it: {difference}"
+                )
+            })?;
+            self.store_checked_at[index] = (commit, last);
         }
         Ok(())
     }
@@ -389,6 +401,28 @@ impl Checker {
         self.receipts_checked += 1;
         Ok(())
     }
+}
+
+/// The write set an entry applies, as the core ingests it: public and decrypted private
+/// domains (a configuration change's public domain is Raft's, not a write set).
+fn write_set_of(
+    entry: &charter_ledger::Entry<'_>,
+    bytes: &[u8],
+    secret: &LedgerSecret,
+) -> Result<WriteSet, String> {
+    let mut write_set = if entry.public.is_empty() || entry.kind == EntryKind::ConfChange {
+        WriteSet::new()
+    } else {
+        WriteSet::decode(entry.public).map_err(|error| format!("public domain: {error}"))?
+    };
+    let private = entry
+        .decrypt_private(secret, bytes)
+        .map_err(|error| error.to_string())?;
+    if !private.is_empty() {
+        write_set
+            .merge(WriteSet::decode(&private).map_err(|error| format!("private domain: {error}"))?);
+    }
+    Ok(write_set)
 }
 
 /// The first difference between two stores, if any.

@@ -12,6 +12,8 @@ use charter_ledger::frame::{encode_frame, parse_frames, FrameError};
 
 /// Most rounds of host work (a sync's durability, entries read back) one input may cause.
 const HOST_ROUNDS_MAX: usize = 1000;
+/// Most syncs in flight on one disk (a slow disk completes one per step or so).
+const SYNCS_IN_FLIGHT_MAX: usize = 10_000;
 
 /// One write to a node's disk, in the order the host issued it.
 #[derive(Clone, Debug)]
@@ -275,6 +277,7 @@ impl SimNode {
                                 self.sync_delay_ms
                             };
                             let due_ms = (self.now_ms + delay).max(after);
+                            assert!(self.syncing.len() < SYNCS_IN_FLIGHT_MAX);
                             self.syncing.push_back(PendingSync { due_ms, token, ops });
                         }
                     }

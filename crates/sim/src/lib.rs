@@ -44,6 +44,8 @@ pub enum Corruption {
     FlipCommittedByte,
     /// Record an acknowledged write as Committed while it is still Pending.
     PendingAsCommitted,
+    /// Leave the first committed client write out of the simulator's own replay.
+    DropReplayedWrite,
 }
 
 /// When a node the seed chose to crash actually crashes.
@@ -115,6 +117,7 @@ impl Options {
             Corruption::None => {}
             Corruption::FlipCommittedByte => command.push_str(" --corrupt flip-committed-byte"),
             Corruption::PendingAsCommitted => command.push_str(" --corrupt pending-as-committed"),
+            Corruption::DropReplayedWrite => command.push_str(" --corrupt drop-replayed-write"),
         }
         command
     }
@@ -261,7 +264,7 @@ pub struct Report {
     pub writes_committed: usize,
     /// Highest commit seqno of any node at the end.
     pub commit_seqno: u64,
-    /// Receipts checked, and how many of them needed a signature verification.
+    /// Receipts checked (each signed root's signature is verified once per seed).
     pub receipts_checked: u64,
     /// Faults injected, by kind.
     pub faults: FaultCounts,

@@ -12,7 +12,7 @@ use charter_sim::{run_seed, Corruption, CrashPoint, Failure, FaultCounts, Option
 const USAGE: &str = "usage: charter-sim --seeds N [--start S] [--steps K] [--jobs J] [--keep-going]
                    [--verbose] [--trace] [--liveness-ms MS] [--receipts R] [--crash-at-signature]
                    [--unsafe-commit-before-majority]
-                   [--corrupt flip-committed-byte|pending-as-committed]";
+                   [--corrupt flip-committed-byte|pending-as-committed|drop-replayed-write]";
 
 fn usage() -> ! {
     eprintln!("{USAGE}");
@@ -51,6 +51,7 @@ fn parse() -> Batch {
                 batch.options.corruption = match args.next().as_deref() {
                     Some("flip-committed-byte") => Corruption::FlipCommittedByte,
                     Some("pending-as-committed") => Corruption::PendingAsCommitted,
+                    Some("drop-replayed-write") => Corruption::DropReplayedWrite,
                     _ => usage(),
                 }
             }

@@ -25,6 +25,8 @@ const SIGNATURE_INTERVAL_MS: u64 = 300;
 /// Per-mille chances per step.
 const WRITE_PER_MILLE: u64 = 400;
 const GOV_PER_MILLE: u64 = 40;
+/// Members act more often while a membership change is wanted.
+const GOV_BUSY_PER_MILLE: u64 = 150;
 const JOIN_REQUEST_PER_MILLE: u64 = 150;
 const PARTITION_PER_MILLE: u64 = 15;
 const CRASH_PER_MILLE: u64 = 10;
@@ -42,6 +44,8 @@ const JOIN_PER_MILLE: u64 = 500;
 const RETIRE_PER_MILLE: u64 = 600;
 /// Governance proposals the load keeps track of at most.
 const TRACKED_PROPOSALS_MAX: usize = 6;
+/// Messages in flight at most (a run sends a few thousand in all).
+const MESSAGES_IN_FLIGHT_MAX: usize = 100_000;
 
 /// A message in flight.
 struct Message {
@@ -197,7 +201,8 @@ impl Simulation {
             let join_at = simulation.draw(10, fault_steps / 2);
             simulation.join_at_step = Some(join_at);
             if simulation.chance(RETIRE_PER_MILLE) {
-                simulation.retire_at_step = Some(simulation.draw(join_at, fault_steps));
+                let retire_at = join_at + simulation.draw(0, fault_steps / 2);
+                simulation.retire_at_step = Some(retire_at);
             }
         }
         Ok(simulation)
@@ -654,6 +659,10 @@ impl Simulation {
             } else {
                 1
             };
+            assert!(
+                self.network.len() + copies <= MESSAGES_IN_FLIGHT_MAX,
+                "the simulated network holds more than {MESSAGES_IN_FLIGHT_MAX} messages"
+            );
             for _ in 0..copies {
                 let delay = self.draw(1, 150);
                 self.next_serial += 1;
@@ -839,7 +848,13 @@ impl Simulation {
     /// changes), ballots and withdrawals, signed with the members' true clock and sent to the
     /// primary (now and then to another node).
     fn governance(&mut self) -> Result<(), String> {
-        if !self.chance(GOV_PER_MILLE) {
+        let busy = self.trust_wanted.is_some() || self.retire_wanted.is_some();
+        let per_mille = if busy {
+            GOV_BUSY_PER_MILLE
+        } else {
+            GOV_PER_MILLE
+        };
+        if !self.chance(per_mille) {
             return Ok(());
         }
         let member = self.draw(0, self.members.len() as u64 - 1) as usize;
@@ -885,9 +900,10 @@ impl Simulation {
         let live: Vec<usize> = (0..self.nodes.len())
             .filter(|i| self.nodes[*i].node.is_some())
             .collect();
+        // Mostly to a primary; now and then to any node (which refuses if it is not primary).
         let index = if !primaries.is_empty() && self.chance(900) {
             primaries[self.draw(0, primaries.len() as u64 - 1) as usize]
-        } else if !live.is_empty() {
+        } else if !live.is_empty() && (!primaries.is_empty() || self.chance(200)) {
             live[self.draw(0, live.len() as u64 - 1) as usize]
         } else {
             return Ok(None);
