@@ -600,9 +600,32 @@ impl Consensus {
             && self.node.raft.prs().get(self.node.raft.id).is_some()
     }
 
+    /// A leader that a committed configuration change removed stays leader in raft-rs (a TODO
+    /// in its `post_conf_change`), and panics on its next commit, its own progress gone. It
+    /// steps down instead, in the same term; the remaining voters elect a new leader. (A leader
+    /// removes others only, handing leadership over before it goes, but it may win an election
+    /// with its own removal, proposed by the previous leader, still uncommitted in its log.)
+    fn step_down_if_removed(&mut self) {
+        let id = self.node.raft.id;
+        if self.is_leader() && self.node.raft.prs().get(id).is_none() {
+            let term = self.node.raft.term;
+            self.node.raft.become_follower(term, raft::INVALID_ID);
+            self.after_raft_call();
+        }
+        assert!(!self.is_leader() || self.node.raft.prs().get(id).is_some());
+    }
+
     /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
+    }
+
+    /// Whether this node leads and raft-rs would take a proposal now: not while it hands
+    /// leadership over, nor once a configuration without it has taken effect (raft-rs drops
+    /// proposals then).
+    pub fn accepts_proposals(&self) -> bool {
+        let raft = &self.node.raft;
+        self.is_leader() && raft.lead_transferee.is_none() && raft.prs().get(raft.id).is_some()
     }
 
     /// The leader's Raft ID, if known.
@@ -724,6 +747,7 @@ impl Consensus {
                             out.push(Output::ConfChanged {
                                 voters: self.voters(),
                             });
+                            self.step_down_if_removed();
                         }
                     }
                 }

@@ -221,8 +221,12 @@ fn endorse(
     service_key: &charter_crypto::SigningKey,
 ) -> Result<Certificate, Response> {
     let mut names = Vec::new();
-    if let Ok(address) = join.rpc_address.parse::<std::net::SocketAddr>() {
-        names.push(address.ip().to_string());
+    // The host part of `host:port` (IPv6 in brackets), for the certificate's names.
+    if let Some((host, _port)) = join.rpc_address.rsplit_once(':') {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if !host.is_empty() {
+            names.push(host.to_owned());
+        }
     }
     names.push("localhost".to_owned());
     let spec = charter_crypto::CertificateSpec {

@@ -205,6 +205,10 @@ pub struct NodeConfig {
     /// Take a snapshot at the first signature at least this many seqnos after the previous
     /// snapshot (0: never).
     pub snapshot_interval_txs: u64,
+    /// Deliberately wrong, for the simulator's self-test only: a primary counts each signature
+    /// it appends as committed at once, before a majority holds it. Never set it elsewhere.
+    #[doc(hidden)]
+    pub unsafe_commit_before_majority: bool,
 }
 
 impl NodeConfig {
@@ -233,6 +237,7 @@ impl NodeConfig {
             node_address: String::new(),
             service_key: None,
             snapshot_interval_txs: 10_000,
+            unsafe_commit_before_majority: false,
         }
     }
 }
@@ -1061,7 +1066,7 @@ impl Node {
     }
 
     fn signature_due(&self) -> bool {
-        if !self.consensus.is_leader() || self.unsigned_txs == 0 {
+        if !self.consensus.accepts_proposals() || self.unsigned_txs == 0 {
             return false;
         }
         let since = self.unsigned_since_ms.unwrap_or(self.now_ms);
@@ -1109,6 +1114,12 @@ impl Node {
                                 last_seqno: entry.seqno,
                             });
                             self.chunk_bytes = 0;
+                        }
+                        if self.config.unsafe_commit_before_majority
+                            && self.consensus.is_leader()
+                            && self.signatures.contains_key(&entry.seqno)
+                        {
+                            self.commit_seqno = self.commit_seqno.max(entry.seqno);
                         }
                     }
                 }
