@@ -314,6 +314,31 @@ impl Consensus {
         Ok(())
     }
 
+    /// A node that joined with no configuration adopts the network's first one, `voters`,
+    /// recorded in the ledger's first transaction, so that the configuration changes in the log
+    /// apply on top of it (otherwise it would count majorities without the founding node).
+    /// Does nothing if this node already has a configuration (it founded the network, or
+    /// restarted from a ledger holding the first transaction).
+    ///
+    /// # Errors
+    /// [`ConsensusError::Raft`] if raft-rs refuses the configuration.
+    pub fn adopt_genesis_voters(&mut self, voters: &[u64]) -> Result<(), ConsensusError> {
+        if !self.voters().is_empty() {
+            return Ok(());
+        }
+        for voter in voters {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(ConfChangeType::AddNode);
+            single.node_id = *voter;
+            let mut change = ConfChangeV2::default();
+            change.set_changes(vec![single].into());
+            let conf_state = self.node.apply_conf_change(&change)?;
+            self.node.mut_store().wl().set_conf_state(conf_state);
+        }
+        assert!(voters.iter().all(|voter| self.voters().contains(voter)));
+        Ok(())
+    }
+
     /// Proposes adding (`add == true`) or removing a voter; raft-rs enters and leaves joint
     /// consensus as needed.
     ///

@@ -775,6 +775,13 @@ impl Node {
             if service_changed {
                 self.refresh_service_status();
             }
+            if let Some(Some(voters)) = write_set.get(RAFT_MAP, GENESIS_VOTERS_KEY) {
+                // A joining node starts with no configuration: it adopts the network's first
+                // one here, before the configuration changes after it apply.
+                let voters: Vec<u64> =
+                    serde_json::from_slice(voters).map_err(|error| bad(error.to_string()))?;
+                self.consensus.adopt_genesis_voters(&voters)?;
+            }
         }
         self.ingested = entry.seqno;
         assert_eq!(self.tree.len(), self.ingested);
