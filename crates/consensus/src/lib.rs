@@ -253,6 +253,10 @@ pub struct Consensus {
     min_timeout: usize,
     /// Messages that may go out only after the ready with this number is durable.
     waiting_messages: Vec<(u64, Vec<Message>)>,
+    /// The last sync handed out that is not yet durable. While one is, later readies wait for
+    /// a sync too: raft-rs takes a ready reported persisted as the persistence of every ready
+    /// before it.
+    sync_in_flight: Option<u64>,
     last_role: Option<(bool, u64)>,
 }
 
@@ -380,6 +384,7 @@ impl Consensus {
             rng: ChaCha20Rng::seed_from_u64(config.seed),
             min_timeout: config.election_timeout_ticks,
             waiting_messages: Vec::new(),
+            sync_in_flight: None,
             last_role: None,
         };
         consensus.redraw_timeout();
@@ -679,6 +684,9 @@ impl Consensus {
     /// messages that were waiting for it into `out`.
     pub fn on_durable(&mut self, token: u64, out: &mut Vec<Output>) {
         self.node.on_persist_ready(token);
+        if self.sync_in_flight.is_some_and(|number| number <= token) {
+            self.sync_in_flight = None;
+        }
         let mut still_waiting = Vec::new();
         for (number, messages) in self.waiting_messages.drain(..) {
             if number <= token {
@@ -757,10 +765,14 @@ impl Consensus {
             }
             self.node.advance_append_async(ready);
             self.node.advance_apply();
-            if must_sync || !persisted_messages.is_empty() {
+            // A ready with nothing to persist counts as persisted at once, unless an earlier
+            // one is still syncing: raft-rs would take it for that one's persistence too (and
+            // a primary would count entries it has not made durable towards a commit).
+            if must_sync || !persisted_messages.is_empty() || self.sync_in_flight.is_some() {
                 if !persisted_messages.is_empty() {
                     self.waiting_messages.push((number, persisted_messages));
                 }
+                self.sync_in_flight = Some(number);
                 out.push(Output::Sync(number));
             } else {
                 self.node.on_persist_ready(number);

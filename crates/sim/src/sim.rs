@@ -335,14 +335,15 @@ impl Simulation {
             for (index, sim) in self.nodes.iter().enumerate() {
                 if let Some(node) = &sim.node {
                     eprintln!(
-                        "    n{index}: view {} primary {} commit {} last {} durable {} syncing {} leader {:?}",
+                        "    n{index}: view {} primary {} commit {} last {} durable {} syncing {} leader {:?} voters {:x?}",
                         node.view(),
                         node.is_primary(),
                         node.commit_tx_id(),
                         node.last_tx_id(),
                         sim.durable.entries.len(),
                         sim.unsynced_writes(),
-                        node.primary_raft_id().map(|id| format!("{id:x}"))
+                        node.primary_raft_id().map(|id| format!("{id:x}")),
+                        node.voters()
                     );
                 }
             }

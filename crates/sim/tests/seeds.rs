@@ -54,6 +54,25 @@ fn seed_551_a_primary_commits_its_own_removal() {
     check_seed(551, Options::default());
 }
 
+/// Regression: a node that joins during the run, then is elected. A joined node's Raft
+/// configuration lacked the genesis node (never added by a configuration change), so it counted
+/// majorities of its own three voters out of four, and committed an entry the others did not
+/// (`n3's committed entry 85 differs from the committed ledger`). Fixed in the core: a joining
+/// node adopts the genesis voters from the ledger's first transaction. Also seed 3058.
+#[test]
+fn seed_2608_a_joined_node_counts_the_genesis_voter() {
+    check_seed(2608, Options::default());
+}
+
+/// Regression: a primary with a slow disk (387 ms) counted entries towards a commit before they
+/// were durable (a ready needing no sync was reported persisted while an earlier sync was in
+/// flight), crashed without them and overwrote them once elected again; a follower that knew
+/// them committed never caught up (liveness). Fixed in consensus.
+#[test]
+fn seed_2343_a_primary_commits_only_durable_entries() {
+    check_seed(2343, Options::default());
+}
+
 #[test]
 fn a_seed_replays_to_the_same_trace() {
     let options = Options::default();
