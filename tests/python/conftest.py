@@ -83,6 +83,16 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory):
+    yield from _run_sandbox(tmp_path_factory, nodes=1)
+
+
+@pytest.fixture(scope="session")
+def sandbox3(tmp_path_factory):
+    """A 3-node network: node i serves clients on `port + i`; the first is normally primary."""
+    yield from _run_sandbox(tmp_path_factory, nodes=3)
+
+
+def _run_sandbox(tmp_path_factory, nodes):
     binary = Path(os.environ.get("CHARTER_BIN", DEFAULT_BIN))
     if not binary.exists():
         pytest.fail(f"charter binary not found at {binary}; run `cargo build -p charter-cli` or set CHARTER_BIN")
@@ -96,7 +106,7 @@ def sandbox(tmp_path_factory):
             str(binary),
             "sandbox",
             "--nodes",
-            "1",
+            str(nodes),
             "--workspace",
             str(workspace),
             "--port",
