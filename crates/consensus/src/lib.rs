@@ -453,7 +453,7 @@ impl Consensus {
     /// # Errors
     /// [`ConsensusError::NotLeader`] unless this node leads.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ConsensusError> {
-        if !self.can_propose() {
+        if !self.accepts_proposals() {
             return Err(ConsensusError::NotLeader);
         }
         let (_, expected) = self.next_tx();
@@ -595,14 +595,6 @@ impl Consensus {
     pub fn transfer_leader(&mut self, raft_id: u64) {
         self.node.transfer_leader(raft_id);
         self.after_raft_call();
-    }
-
-    /// Whether this node can append proposals now: it leads, is part of the configuration and
-    /// is not handing leadership over.
-    pub fn can_propose(&self) -> bool {
-        self.is_leader()
-            && self.node.raft.lead_transferee.is_none()
-            && self.node.raft.prs().get(self.node.raft.id).is_some()
     }
 
     /// A leader that a committed configuration change removed stays leader in raft-rs (a TODO

@@ -820,7 +820,7 @@ impl Node {
 
     /// Whether this node is the primary and can write (not handing leadership over).
     pub fn is_primary(&self) -> bool {
-        self.consensus.can_propose()
+        self.consensus.accepts_proposals()
     }
 
     /// The store as of the last ingested entry.
@@ -1466,7 +1466,7 @@ impl Node {
 
     /// Appends a signature transaction over everything before it.
     fn emit_signature(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
-        if !self.consensus.can_propose() {
+        if !self.consensus.accepts_proposals() {
             return Ok(());
         }
         let (view, seqno) = self.consensus.next_tx();
