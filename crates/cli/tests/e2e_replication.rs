@@ -609,7 +609,7 @@ async fn a_node_with_a_disallowed_measurement_cannot_join() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let dir = &network.nodes[index].dir;
     assert!(!dir.join("node_cert.pem").exists());
-    assert!(!dir.join("sealed/ledger_secret").exists());
+    assert!(!dir.join("sealed/ledger_secrets.json").exists());
     // The pending node does not serve clients yet.
     assert!(network.get(index, "/node/state").await.is_none());
     network.stop();

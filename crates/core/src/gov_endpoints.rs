@@ -307,6 +307,7 @@ fn members_write(
         Ok(outcome) => outcome,
         Err(error) => return Ok(gov_error(&error)),
     };
+    node.finish_governance(&mut tx)?;
     let tx_id: TxId =
         node.write_transaction(EntryKind::Transaction, tx.into_write_set(), [0; 32], out)?;
     Ok(Response::json(200, &outcome.summary)

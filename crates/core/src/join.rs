@@ -275,7 +275,7 @@ fn network_response(
                 "endorsed_certificate": endorsed.to_pem(),
                 "service_certificate": node.service_cert().to_pem(),
                 "service_key": service_key.to_pem(),
-                "ledger_secret": hex::encode(node.ledger_secret().as_bytes()),
+                "ledger_secrets": node.ledger_secrets_for_joiner(),
                 "nodes": nodes,
             }
         }),

@@ -8,13 +8,19 @@ use charter_kv::{Store, Tx, WriteSet};
 use charter_ledger::merkle::MerkleTree;
 use charter_ledger::snapshot::view_at;
 use charter_ledger::tables::{
-    NODES_MAP, SERVICE_KEY, SERVICE_MAP, SIGNATURES_MAP, SIGNATURE_KEY, SNAPSHOT_EVIDENCE_MAP,
+    LEDGER_SECRETS_MAP, NODES_MAP, SERVICE_KEY, SERVICE_MAP, SIGNATURES_MAP, SIGNATURE_KEY,
+    SNAPSHOT_EVIDENCE_MAP,
 };
 use charter_ledger::{
     commit_evidence, decode_entry, encode_conf_change, encode_entry, encode_noop, encode_snapshot,
-    verify_committed_snapshot, EntryKind, EntryParts, NodeInfo, NodeStatus, Receipt, ServiceInfo,
-    ServiceStatus, SignatureRecord, SnapshotContents, SnapshotEvidence, SnapshotLeaf, TxId,
+    verify_committed_snapshot, EntryKind, EntryParts, LedgerSecrets, NodeInfo, NodeStatus, Receipt,
+    ServiceInfo, ServiceStatus, SignatureRecord, SnapshotContents, SnapshotEvidence, SnapshotLeaf,
+    TxId,
 };
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+mod secrets;
 
 use crate::api::{Request, RequestId, Response};
 use crate::CoreError;
@@ -178,8 +184,12 @@ pub struct NodeConfig {
     pub node_cert: Certificate,
     /// The service identity certificate.
     pub service_cert: Certificate,
-    /// The ledger secret for private domains.
-    pub ledger_secret: LedgerSecret,
+    /// The ledger secrets for private domains: the service's first one, plus those a joining
+    /// node received or a restarting node sealed. Rekeys in the ledger add more.
+    pub ledger_secrets: LedgerSecrets,
+    /// Secret randomness from the host (fresh ledger secrets, recovery shares); the simulator
+    /// passes a seeded value.
+    pub entropy: [u8; 32],
     /// Emit a signature after this many transactions.
     pub signature_interval_txs: u64,
     /// Emit a signature when the oldest unsigned transaction is this old.
@@ -227,7 +237,8 @@ impl NodeConfig {
             node_key,
             node_cert,
             service_cert,
-            ledger_secret,
+            ledger_secrets: LedgerSecrets::new(ledger_secret),
+            entropy: [0; 32],
             signature_interval_txs: 5_000,
             signature_interval_ms: 100,
             chunk_bytes_max: 5_000_000,
@@ -287,6 +298,10 @@ pub const UNCOMMITTED_ENTRIES_MAX: u64 = 200_000;
 /// A Charter node's trusted core.
 pub struct Node {
     config: NodeConfig,
+    /// The ledger secrets known so far, by first seqno.
+    pub(crate) secrets: LedgerSecrets,
+    /// Randomness for fresh secrets, seeded from the host's entropy.
+    pub(crate) rng: ChaCha20Rng,
     node_id: String,
     consensus: Consensus,
     store: Store,
@@ -395,7 +410,12 @@ impl Node {
             }
             StartMode::Join { snapshot } => (Restored::default(), None, true, snapshot),
         };
+        let mut seed = config.entropy.to_vec();
+        seed.extend_from_slice(node_id.as_bytes());
+        let rng = ChaCha20Rng::from_seed(charter_crypto::sha256(&seed));
         let mut node = Node {
+            secrets: config.ledger_secrets.clone(),
+            rng,
             node_id,
             consensus: Consensus::new(&ConsensusConfig::single(raft_id, 0), Restored::default())?,
             store: Store::new(),
@@ -481,8 +501,16 @@ impl Node {
         let refuse = |reason: String| CoreError::Snapshot(reason);
         let verified = verify_committed_snapshot(file, &self.config.service_cert)
             .map_err(|error| refuse(error.to_string()))?;
+        // Rekeys recorded in the snapshot's state may hold secrets wrapped for this node.
+        if let Some(records) = verified.snapshot.public.maps.get(LEDGER_SECRETS_MAP) {
+            for value in records.values().flatten() {
+                self.learn_ledger_secret(value)
+                    .map_err(|error| refuse(format!("rekey record: {error}")))?;
+            }
+        }
         let evidence = &verified.evidence.leaf_components.commit_evidence;
-        if *evidence != commit_evidence(&self.config.ledger_secret, verified.evidence_tx_id) {
+        let evidence_secret = self.secrets.for_seqno(verified.evidence_tx_id.seqno);
+        if *evidence != commit_evidence(evidence_secret, verified.evidence_tx_id) {
             return Err(refuse(
                 "the evidence transaction's commit evidence was not made with this service's \
                  ledger secret"
@@ -493,7 +521,7 @@ impl Node {
         let mut write_set = snapshot.public.clone();
         write_set.merge(
             snapshot
-                .decrypt_private(&self.config.ledger_secret)
+                .decrypt_private(self.secrets.for_seqno(snapshot.seqno))
                 .map_err(|error| refuse(error.to_string()))?,
         );
         let seqno = snapshot.seqno;
@@ -611,7 +639,7 @@ impl Node {
                 views: &views,
                 conf_changes: &conf_changes,
             },
-            &self.config.ledger_secret,
+            self.secrets.for_seqno(seqno),
         )
     }
 
@@ -750,8 +778,9 @@ impl Node {
     }
 
     /// The ledger secret.
-    pub(crate) fn ledger_secret(&self) -> &LedgerSecret {
-        &self.config.ledger_secret
+    /// Every ledger secret this node holds.
+    pub fn ledger_secrets(&self) -> &LedgerSecrets {
+        &self.secrets
     }
 
     /// This node's ID (hex SHA-256 of its public key).
@@ -782,7 +811,7 @@ impl Node {
     /// A secret derived from the ledger secret for `label` (applications' keys).
     pub(crate) fn app_secret(&self, label: &str) -> Digest {
         let key = charter_crypto::hmac_sha256(
-            self.config.ledger_secret.as_bytes(),
+            self.secrets.for_seqno(1).as_bytes(),
             b"charter application secret",
         );
         charter_crypto::hmac_sha256(&key, label.as_bytes())
@@ -1197,7 +1226,7 @@ impl Node {
             WriteSet::decode(decoded.public).map_err(|error| bad(error.to_string()))?
         };
         let private = decoded
-            .decrypt_private(&self.config.ledger_secret, bytes)
+            .decrypt_private(self.secrets.for_seqno(entry.seqno), bytes)
             .map_err(|error| bad(error.to_string()))?;
         if !private.is_empty() {
             write_set.merge(WriteSet::decode(&private).map_err(|error| bad(error.to_string()))?);
@@ -1237,6 +1266,11 @@ impl Node {
                             .insert(entry.seqno, (record.seqno, digest));
                     }
                 }
+            }
+        }
+        if let Some(records) = write_set.maps.get(LEDGER_SECRETS_MAP) {
+            for value in records.values().flatten() {
+                self.learn_ledger_secret(value).map_err(bad)?;
             }
         }
         if !write_set.is_empty() {
@@ -1357,6 +1391,7 @@ impl Node {
         self.tree.truncate(seqno);
         self.leaves.truncate(seqno as usize);
         let _ = self.signatures.split_off(&(seqno + 1));
+        self.secrets.roll_back_to(seqno);
         self.historical = HistoricalCache::default();
         self.ingested = seqno;
         self.unsigned_txs = 0;
@@ -1449,7 +1484,7 @@ impl Node {
                 public: &public_bytes,
                 private_plain: &private_bytes,
             },
-            &self.config.ledger_secret,
+            self.secrets.for_seqno(seqno),
         )
         .map_err(|error| CoreError::Write {
             tx_id,
@@ -1603,7 +1638,7 @@ impl Node {
             &signature,
             &proof,
             &leaf.write_set_digest,
-            &commit_evidence(&self.config.ledger_secret, tx_id),
+            &commit_evidence(self.secrets.for_seqno(tx_id.seqno), tx_id),
             &leaf.claims_digest,
             Vec::new(),
         ))
@@ -1689,7 +1724,7 @@ impl Node {
                 WriteSet::decode(entry.public).map_err(|error| error.to_string())?
             };
             let private = entry
-                .decrypt_private(&self.config.ledger_secret, &bytes)
+                .decrypt_private(self.secrets.for_seqno(seqno), &bytes)
                 .map_err(|error| error.to_string())?;
             if !private.is_empty() {
                 write_set.merge(WriteSet::decode(&private).map_err(|error| error.to_string())?);

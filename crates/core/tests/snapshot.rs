@@ -152,7 +152,8 @@ fn a_snapshot_of_another_service_or_secret_is_refused() {
     assert!(error.to_string().contains("not endorsed"), "{error}");
     // Another ledger secret: the commit evidence does not match.
     let mut config = Harness::node_config(13, small_snapshots);
-    config.ledger_secret = charter_crypto::LedgerSecret::from_bytes([4; 32]);
+    config.ledger_secrets =
+        charter_ledger::LedgerSecrets::new(charter_crypto::LedgerSecret::from_bytes([4; 32]));
     let error = Node::new(
         config,
         StartMode::Join {

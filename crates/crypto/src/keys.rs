@@ -138,6 +138,10 @@ pub struct VerifyingKey {
 }
 
 impl VerifyingKey {
+    pub(crate) fn inner(&self) -> &p384::ecdsa::VerifyingKey {
+        &self.inner
+    }
+
     /// Parses a DER SubjectPublicKeyInfo.
     ///
     /// # Errors

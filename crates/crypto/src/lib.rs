@@ -19,6 +19,7 @@ mod cose;
 mod error;
 mod hash;
 mod keys;
+mod wrap;
 
 pub use aead::{LedgerSecret, AEAD_NONCE_BYTES, AEAD_TAG_BYTES};
 pub use cert::{Certificate, CertificateSpec, Validity};
@@ -29,6 +30,7 @@ pub use cose::{
 pub use error::CryptoError;
 pub use hash::{hmac_sha256, sha256, sha256_parts, Digest};
 pub use keys::{SigningKey, VerifyingKey, SIGNATURE_RAW_BYTES};
+pub use wrap::{unwrap_from_node, wrap_for_node};
 
 /// Re-exported so that callers can pass an RNG without naming the crate themselves.
 pub use rand_core::{CryptoRng, RngCore};

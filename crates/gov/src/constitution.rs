@@ -527,16 +527,15 @@ mod tests {
     }
 
     #[test]
-    fn trigger_ledger_rekey_is_not_supported() {
-        match apply_action("trigger_ledger_rekey", json!({})) {
-            Err(JsError::Exception(text)) => {
-                assert!(
-                    text.contains("trigger_ledger_rekey is not supported yet"),
-                    "{text}"
-                )
-            }
-            other => panic!("{other:?}"),
-        }
+    fn trigger_ledger_rekey_requests_a_rekey_from_the_core() {
+        let mut tx = apply_action("trigger_ledger_rekey", json!({})).unwrap();
+        let request: serde_json::Value = read(
+            &mut tx,
+            crate::tables::LEDGER_REKEY_MAP,
+            crate::tables::LEDGER_REKEY_KEY,
+        )
+        .unwrap();
+        assert_eq!(request, json!({"requested": true}));
     }
 
     #[test]

@@ -141,3 +141,9 @@ impl Default for JsRuntimeOptions {
         }
     }
 }
+
+/// A passed `trigger_ledger_rekey` writes a request here under [`LEDGER_REKEY_KEY`]; the
+/// primary's core consumes it in the same transaction by recording a fresh ledger secret.
+pub const LEDGER_REKEY_MAP: &str = "public:charter.internal.ledger_rekey";
+/// The key of the rekey request in [`LEDGER_REKEY_MAP`].
+pub const LEDGER_REKEY_KEY: &str = "request";

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use charter_crypto::{Certificate, LedgerSecret, SigningKey};
+use charter_crypto::{Certificate, SigningKey};
+use charter_ledger::LedgerSecrets;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Client;
@@ -48,8 +49,8 @@ pub struct Admission {
     pub service_cert: Certificate,
     /// The service identity's private key.
     pub service_key: SigningKey,
-    /// The ledger secret.
-    pub ledger_secret: LedgerSecret,
+    /// The ledger secrets, by first seqno.
+    pub ledger_secrets: LedgerSecrets,
     /// The trusted nodes at the time of admission.
     pub peers: Vec<BootstrapPeer>,
 }
@@ -62,7 +63,7 @@ struct NetworkSecrets {
     endorsed_certificate: String,
     service_certificate: String,
     service_key: String,
-    ledger_secret: String,
+    ledger_secrets: serde_json::Value,
     #[serde(default)]
     nodes: Vec<BootstrapPeer>,
 }
@@ -187,15 +188,13 @@ fn admission(
     endorsed_cert
         .verify_signed_by(&service_public)
         .map_err(|_| "the endorsed certificate is not signed by the service".to_owned())?;
-    let secret: [u8; 32] = hex::decode(secrets.ledger_secret.trim())
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or("the ledger secret in the join response is malformed")?;
+    let ledger_secrets = LedgerSecrets::from_json(&secrets.ledger_secrets)
+        .map_err(|error| format!("the join response's {error}"))?;
     Ok(Admission {
         endorsed_cert,
         service_cert,
         service_key,
-        ledger_secret: LedgerSecret::from_bytes(secret),
+        ledger_secrets,
         peers: secrets.nodes,
     })
 }

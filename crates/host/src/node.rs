@@ -13,7 +13,7 @@ use charter_core::{
     Restored, StartMode, FORWARDED_HEADER,
 };
 use charter_crypto::{Certificate, CertificateSpec, LedgerSecret, SigningKey, Validity};
-use charter_ledger::NodeStatus;
+use charter_ledger::{LedgerSecrets, NodeStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::files::LedgerFiles;
@@ -143,7 +143,33 @@ struct Identity {
     node_cert: Certificate,
     service_cert: Certificate,
     service_key: SigningKey,
-    ledger_secret: LedgerSecret,
+    ledger_secrets: LedgerSecrets,
+}
+
+/// The sealed ledger secrets: JSON `{"FIRST SEQNO": "HEX SECRET"}`.
+const SEALED_SECRETS_FILE: &str = "ledger_secrets.json";
+
+fn seal_secrets(sealed: &Path, secrets: &LedgerSecrets) -> Result<(), NodeError> {
+    write_private(
+        &sealed.join(SEALED_SECRETS_FILE),
+        &secrets.to_json().to_string(),
+    )
+}
+
+fn unseal_secrets(sealed: &Path) -> Result<LedgerSecrets, NodeError> {
+    let path = sealed.join(SEALED_SECRETS_FILE);
+    if !path.exists() {
+        // Written by versions before rekeys: one hex secret.
+        let secret_hex = read(&sealed.join("ledger_secret"))?;
+        let secret: [u8; 32] = hex::decode(secret_hex.trim())
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or("sealed ledger secret is damaged")?;
+        return Ok(LedgerSecrets::new(LedgerSecret::from_bytes(secret)));
+    }
+    let json: serde_json::Value = serde_json::from_str(&read(&path)?)
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    LedgerSecrets::from_json(&json).map_err(|error| format!("{}: {error}", path.display()))
 }
 
 fn read(path: &Path) -> Result<String, NodeError> {
@@ -207,12 +233,9 @@ fn identity(config: &NodeFileConfig, genesis: bool) -> Result<Identity, NodeErro
             &service_cert,
         )
         .map_err(|error| error.to_string())?;
-        let ledger_secret = LedgerSecret::generate(&mut rng);
+        let ledger_secrets = LedgerSecrets::new(LedgerSecret::generate(&mut rng));
         write_private(&sealed.join("service_privk.pem"), &service_key.to_pem())?;
-        write_private(
-            &sealed.join("ledger_secret"),
-            &hex::encode(ledger_secret.as_bytes()),
-        )?;
+        seal_secrets(&sealed, &ledger_secrets)?;
         write_private(&dir.join("node_privk.pem"), &node_key.to_pem())?;
         std::fs::write(dir.join("node_cert.pem"), node_cert.to_pem())
             .map_err(|error| error.to_string())?;
@@ -223,7 +246,7 @@ fn identity(config: &NodeFileConfig, genesis: bool) -> Result<Identity, NodeErro
             node_cert,
             service_cert,
             service_key,
-            ledger_secret,
+            ledger_secrets,
         })
     } else {
         let node_key = SigningKey::from_pem(&read(&dir.join("node_privk.pem"))?)
@@ -232,11 +255,7 @@ fn identity(config: &NodeFileConfig, genesis: bool) -> Result<Identity, NodeErro
             .map_err(|error| error.to_string())?;
         let service_cert = Certificate::from_pem(&read(&dir.join("service_cert.pem"))?)
             .map_err(|error| error.to_string())?;
-        let secret_hex = read(&sealed.join("ledger_secret"))?;
-        let secret: [u8; 32] = hex::decode(secret_hex.trim())
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or("sealed ledger secret is damaged")?;
+        let ledger_secrets = unseal_secrets(&sealed)?;
         let service_key = SigningKey::from_pem(&read(&sealed.join("service_privk.pem"))?)
             .map_err(|error| format!("sealed service key: {error}"))?;
         Ok(Identity {
@@ -244,7 +263,7 @@ fn identity(config: &NodeFileConfig, genesis: bool) -> Result<Identity, NodeErro
             node_cert,
             service_cert,
             service_key,
-            ledger_secret: LedgerSecret::from_bytes(secret),
+            ledger_secrets,
         })
     }
 }
@@ -308,10 +327,7 @@ fn join_identity(
         &sealed.join("service_privk.pem"),
         &admission.service_key.to_pem(),
     )?;
-    write_private(
-        &sealed.join("ledger_secret"),
-        &hex::encode(admission.ledger_secret.as_bytes()),
-    )?;
+    seal_secrets(&sealed, &admission.ledger_secrets)?;
     let peers = serde_json::to_string_pretty(&admission.peers).map_err(|e| e.to_string())?;
     std::fs::write(dir.join(BOOTSTRAP_PEERS_FILE), peers).map_err(|error| error.to_string())?;
     std::fs::write(
@@ -327,7 +343,7 @@ fn join_identity(
         node_cert: admission.endorsed_cert,
         service_cert: admission.service_cert,
         service_key: admission.service_key,
-        ledger_secret: admission.ledger_secret,
+        ledger_secrets: admission.ledger_secrets,
     })
 }
 
@@ -987,9 +1003,11 @@ pub fn run_node(
         identity.node_key.clone(),
         identity.node_cert.clone(),
         identity.service_cert.clone(),
-        identity.ledger_secret.clone(),
+        identity.ledger_secrets.latest().1.clone(),
         evidence,
     );
+    node_config.ledger_secrets = identity.ledger_secrets.clone();
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut node_config.entropy);
     node_config.signature_interval_txs = config.signature_interval_txs.max(1);
     node_config.signature_interval_ms = config.signature_interval_ms.max(1);
     node_config.chunk_bytes_max = config.chunk_bytes_max;

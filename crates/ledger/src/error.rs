@@ -21,4 +21,7 @@ pub enum LedgerError {
     /// The private domain did not decrypt: altered bytes or the wrong secret.
     #[error("private domain of {0} does not decrypt: altered or wrong ledger secret")]
     Decrypt(TxId),
+    /// Ledger secrets or a rekey record are malformed or do not open; the text says which.
+    #[error("ledger secrets: {0}")]
+    Secrets(String),
 }

@@ -26,6 +26,7 @@ pub mod frame;
 pub mod merkle;
 pub mod receipt;
 mod records;
+mod secrets;
 pub mod snapshot;
 pub mod tables;
 mod txid;
@@ -38,6 +39,10 @@ pub use entry::{
 pub use error::LedgerError;
 pub use receipt::{LeafComponents, ProofElement, Receipt, ReceiptError};
 pub use records::{NodeInfo, NodeStatus, ServiceInfo, ServiceStatus, SignatureRecord};
+pub use secrets::{
+    follow_chain, ledger_secrets_key, node_wrap_aad, open_previous, seal_previous,
+    LedgerSecretRecord, LedgerSecrets,
+};
 pub use snapshot::{
     decode_snapshot, encode_committed_snapshot, encode_snapshot, split_committed_snapshot,
     verify_committed_snapshot, SnapshotContents, SnapshotError, SnapshotEvidence, SnapshotLeaf,

@@ -14,3 +14,7 @@ pub const SERVICE_KEY: &[u8] = b"service";
 /// [`SnapshotEvidence`](crate::SnapshotEvidence). The transaction writing it carries the
 /// snapshot's SHA-256 digest as its claims digest, so its receipt binds the snapshot.
 pub const SNAPSHOT_EVIDENCE_MAP: &str = "public:charter.internal.snapshot_evidence";
+/// Ledger secrets after a rekey: under the first seqno each encrypts, zero-padded to 20
+/// decimal digits, JSON [`LedgerSecretRecord`](crate::LedgerSecretRecord): the new secret
+/// wrapped for every trusted node, and the previous secret wrapped under the new one.
+pub const LEDGER_SECRETS_MAP: &str = "public:charter.internal.ledger_secrets";

@@ -232,7 +232,9 @@ const ACTIONS = new Map([
     {
       args: {},
       apply() {
-        throw new Error("trigger_ledger_rekey is not supported yet");
+        // The primary's core sees the request in the same transaction and replaces it with a
+        // fresh ledger secret, wrapped for every trusted node.
+        writeRecord(LEDGER_REKEY_MAP, LEDGER_REKEY_KEY, { requested: true });
       },
     },
   ],

@@ -17,6 +17,8 @@ const JS_RUNTIME_OPTIONS_KEY = "options";
 const NODES_MAP = "public:charter.internal.nodes";
 const SERVICE_MAP = "public:charter.gov.service_info";
 const SERVICE_KEY = "service";
+const LEDGER_REKEY_MAP = "public:charter.internal.ledger_rekey";
+const LEDGER_REKEY_KEY = "request";
 
 // Smallest runtime limits governance may set, so that a proposal cannot leave governance
 // unable to run its own constitution.
