@@ -1,14 +1,12 @@
 //! HTTP endpoints of the node: `/node/*` (no client certificate needed) and the key-value
 //! application under `/app/*` (users only).
 
-use charter_kv::KEY_BYTES_MAX;
 use charter_ledger::tables::{SERVICE_KEY, SERVICE_MAP};
-use charter_ledger::{EntryKind, ServiceInfo, TxId};
+use charter_ledger::{ServiceInfo, TxId};
 use serde_json::json;
 
 use crate::api::{Method, Request, Response};
 use crate::node::{Action, Node, TxStatus};
-use crate::tables::{KV_PRIVATE_MAP, KV_PUBLIC_MAP};
 use crate::CoreError;
 use charter_gov::tables::{MEMBERS_MAP, USERS_MAP};
 use charter_ledger::tables::NODES_MAP;
@@ -54,7 +52,7 @@ fn tx_id_param(request: &Request) -> Result<TxId, Response> {
         .map_err(|error| Response::error(400, "InvalidQueryParameterValue", error.to_string()))
 }
 
-fn with_tx_header(response: Response, tx_id: TxId) -> Response {
+pub(crate) fn with_tx_header(response: Response, tx_id: TxId) -> Response {
     response.with_header("x-ms-ccf-transaction-id", tx_id.to_string())
 }
 
@@ -109,7 +107,7 @@ pub(crate) fn handle(
         }
         let rest = &path[4..];
         if rest == "/kv" || rest.starts_with("/kv/") || rest == "/receipt" {
-            return handle_app(node, rest, request, out);
+            return handle_app(node, rest, request, &caller_id, out);
         }
         let apps = node.take_apps();
         let mut answer = None;
@@ -326,22 +324,11 @@ fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
     }
 }
 
-fn kv_map(request: &Request) -> Result<&'static str, Response> {
-    match request.query_param("public") {
-        None | Some("false") => Ok(KV_PRIVATE_MAP),
-        Some("true") => Ok(KV_PUBLIC_MAP),
-        Some(other) => Err(Response::error(
-            400,
-            "InvalidQueryParameterValue",
-            format!("public must be true or false, not {other:?}"),
-        )),
-    }
-}
-
 fn handle_app(
     node: &mut Node,
     rest: &str,
     request: &Request,
+    caller_id: &str,
     out: &mut Vec<Action>,
 ) -> Result<Response, CoreError> {
     if rest == "/receipt" {
@@ -371,129 +358,5 @@ fn handle_app(
             ),
         });
     }
-    let map = match kv_map(request) {
-        Ok(map) => map,
-        Err(response) => return Ok(response),
-    };
-    if rest == "/kv" {
-        if request.method != Method::Get {
-            return Ok(Response::error(
-                405,
-                "MethodNotAllowed",
-                "only GET is allowed here",
-            ));
-        }
-        return Ok(list(node, map, request));
-    }
-    let Some(key) = rest.strip_prefix("/kv/") else {
-        return Ok(Response::error(
-            404,
-            "ResourceNotFound",
-            format!("no endpoint at /app{rest}"),
-        ));
-    };
-    if key.is_empty() || key.len() > KEY_BYTES_MAX {
-        return Ok(Response::error(
-            400,
-            "InvalidKey",
-            format!("keys must have 1 to {KEY_BYTES_MAX} bytes"),
-        ));
-    }
-    let key = key.as_bytes();
-    match request.method {
-        Method::Get => {
-            let mut tx = node.begin();
-            Ok(match tx.get(map, key) {
-                Some(value) => {
-                    let mut response = Response {
-                        status: 200,
-                        headers: vec![("content-type".into(), "application/octet-stream".into())],
-                        body: value,
-                    };
-                    response = with_tx_header(response, node.commit_tx_id());
-                    response
-                }
-                None => Response::error(404, "KeyNotFound", "no such key"),
-            })
-        }
-        Method::Put | Method::Delete => {
-            if !node.is_primary() {
-                return Ok(Response::error(
-                    503,
-                    "NotPrimary",
-                    "this node is not the primary",
-                ));
-            }
-            if node.last_tx_id().seqno - node.commit_tx_id().seqno
-                >= crate::node::UNCOMMITTED_ENTRIES_MAX
-            {
-                return Ok(Response::error(
-                    503,
-                    "Backpressure",
-                    "too many uncommitted transactions; retry later",
-                )
-                .with_header("retry-after", "1"));
-            }
-            let mut tx = node.begin();
-            let written = if request.method == Method::Put {
-                tx.try_put(map, key, &request.body)
-            } else {
-                tx.try_remove(map, key)
-            };
-            if let Err(error) = written {
-                return Ok(Response::error(400, "InvalidInput", error.to_string()));
-            }
-            let tx_id =
-                node.write_transaction(EntryKind::Transaction, tx.into_write_set(), [0; 32], out)?;
-            Ok(with_tx_header(
-                Response::json(200, &json!({"transaction_id": tx_id.to_string()})),
-                tx_id,
-            ))
-        }
-        _ => Ok(Response::error(
-            405,
-            "MethodNotAllowed",
-            "use GET, PUT or DELETE",
-        )),
-    }
-}
-
-fn list(node: &Node, map: &str, request: &Request) -> Response {
-    let prefix = request.query_param("prefix").unwrap_or("");
-    let limit = match request.query_param("limit").map(str::parse::<usize>) {
-        None => LIST_LIMIT_DEFAULT,
-        Some(Ok(limit)) if (1..=LIST_LIMIT_MAX).contains(&limit) => limit,
-        Some(_) => {
-            return Response::error(
-                400,
-                "InvalidQueryParameterValue",
-                format!("limit must be 1 to {LIST_LIMIT_MAX}"),
-            )
-        }
-    };
-    let start_after = request.query_param("start_after").map(str::as_bytes);
-    let mut tx = node.begin();
-    let entries = tx.scan_prefix(map, prefix.as_bytes(), start_after, limit + 1);
-    let more = entries.len() > limit;
-    let items: Vec<serde_json::Value> = entries
-        .iter()
-        .take(limit)
-        .map(|(key, value)| {
-            json!({
-                "key": String::from_utf8_lossy(key),
-                "value": String::from_utf8_lossy(value),
-            })
-        })
-        .collect();
-    let next = if more {
-        entries
-            .get(limit - 1)
-            .map(|(key, _)| String::from_utf8_lossy(key).into_owned())
-    } else {
-        None
-    };
-    with_tx_header(
-        Response::json(200, &json!({"entries": items, "next_start_after": next})),
-        node.commit_tx_id(),
-    )
+    crate::kv_app::handle(node, rest, request, caller_id, out)
 }

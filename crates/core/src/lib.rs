@@ -26,6 +26,7 @@ mod endpoints;
 mod error;
 mod gov_endpoints;
 mod join;
+mod kv_app;
 mod node;
 pub mod tables;
 

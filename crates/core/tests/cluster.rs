@@ -699,12 +699,22 @@ fn rekeys_by_governance_give_every_node_each_new_secret_and_old_entries_stay_rea
     written += 12;
     cluster.tick_until(100, "every node to settle", settled);
     let primary = &cluster.nodes[0];
-    let starts: Vec<u64> = primary.node.ledger_secrets().iter().map(|(s, _)| s).collect();
+    let starts: Vec<u64> = primary
+        .node
+        .ledger_secrets()
+        .iter()
+        .map(|(s, _)| s)
+        .collect();
     assert_eq!(starts.len(), 4, "three rekeys: {starts:?}");
     let first = primary.node.ledger_secrets().for_seqno(1).clone();
     for (index, harness) in cluster.nodes.iter().enumerate() {
         // Every node unwrapped its own copy of each new secret from the ledger...
-        let theirs: Vec<u64> = harness.node.ledger_secrets().iter().map(|(s, _)| s).collect();
+        let theirs: Vec<u64> = harness
+            .node
+            .ledger_secrets()
+            .iter()
+            .map(|(s, _)| s)
+            .collect();
         assert_eq!(theirs, starts, "node {index}");
         for (start, secret) in harness.node.ledger_secrets().iter() {
             let expected = primary.node.ledger_secrets().for_seqno(start);
@@ -714,7 +724,10 @@ fn rekeys_by_governance_give_every_node_each_new_secret_and_old_entries_stay_rea
         for round in 0..4 {
             for key in 0..12 {
                 let key = format!("era{round}-{key}");
-                assert!(value(harness, key.as_bytes()).is_some(), "node {index} lacks {key}");
+                assert!(
+                    value(harness, key.as_bytes()).is_some(),
+                    "node {index} lacks {key}"
+                );
             }
         }
     }
@@ -735,6 +748,11 @@ fn rekeys_by_governance_give_every_node_each_new_secret_and_old_entries_stay_rea
     assert!(under_new >= 36, "{under_new}");
     // A restarted follower learns the later secrets again from the ledger.
     cluster.nodes[1].restart();
-    let after: Vec<u64> = cluster.nodes[1].node.ledger_secrets().iter().map(|(s, _)| s).collect();
+    let after: Vec<u64> = cluster.nodes[1]
+        .node
+        .ledger_secrets()
+        .iter()
+        .map(|(s, _)| s)
+        .collect();
     assert_eq!(after, starts);
 }
