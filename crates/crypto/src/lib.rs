@@ -20,7 +20,9 @@ mod error;
 mod hash;
 mod keys;
 
-pub use aead::{LedgerSecret, AEAD_NONCE_BYTES, AEAD_TAG_BYTES};
+pub use aead::{
+    unwrap_key, wrap_key, LedgerSecret, AEAD_NONCE_BYTES, AEAD_TAG_BYTES, WRAP_OVERHEAD_BYTES,
+};
 pub use cert::{Certificate, CertificateSpec, Validity};
 pub use cose::{
     cose_sign1, CoseSign1, GovHeaders, COSE_ALG_ES384, COSE_SIGN1_BYTES_MAX, COSE_SIGN1_TAG,
