@@ -75,6 +75,59 @@ impl LedgerSecret {
     }
 }
 
+/// Bytes that [`wrap_key`] adds to a plaintext: the nonce in front and the tag behind.
+pub const WRAP_OVERHEAD_BYTES: usize = AEAD_NONCE_BYTES + AEAD_TAG_BYTES;
+
+/// Encrypts `plaintext` (typically a ledger secret) under a 256-bit wrapping `key` with
+/// AES-256-GCM, authenticating `aad` too; returns nonce ‖ ciphertext ‖ tag.
+///
+/// The 96-bit nonce is drawn from `rng`, so one key may wrap many plaintexts: a random nonce
+/// repeats with probability about n²/2⁹⁷ after n wraps under one key.
+pub fn wrap_key(
+    key: &[u8; 32],
+    plaintext: &[u8],
+    aad: &[u8],
+    rng: &mut (impl rand_core::RngCore + rand_core::CryptoRng),
+) -> Vec<u8> {
+    let mut nonce = [0u8; AEAD_NONCE_BYTES];
+    rng.fill_bytes(&mut nonce);
+    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
+    let payload = Payload {
+        msg: plaintext,
+        aad,
+    };
+    // AES-GCM encryption fails only for messages over 64 GiB, far above every limit here.
+    let sealed = cipher
+        .encrypt(&Nonce::from(nonce), payload)
+        .expect("plaintext is below the AES-GCM size limit");
+    let mut wrapped = Vec::with_capacity(AEAD_NONCE_BYTES + sealed.len());
+    wrapped.extend_from_slice(&nonce);
+    wrapped.extend_from_slice(&sealed);
+    assert_eq!(wrapped.len(), plaintext.len() + WRAP_OVERHEAD_BYTES);
+    wrapped
+}
+
+/// Decrypts the output of [`wrap_key`], checking it and `aad`.
+///
+/// # Errors
+/// [`CryptoError::Decrypt`] if `wrapped` is shorter than [`WRAP_OVERHEAD_BYTES`], anything
+/// was altered, or the key is wrong.
+pub fn unwrap_key(key: &[u8; 32], wrapped: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    if wrapped.len() < WRAP_OVERHEAD_BYTES {
+        return Err(CryptoError::Decrypt);
+    }
+    let (nonce_bytes, sealed) = wrapped.split_at(AEAD_NONCE_BYTES);
+    let mut nonce = [0u8; AEAD_NONCE_BYTES];
+    nonce.copy_from_slice(nonce_bytes);
+    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
+    let payload = Payload { msg: sealed, aad };
+    let plaintext = cipher
+        .decrypt(&Nonce::from(nonce), payload)
+        .map_err(|_| CryptoError::Decrypt)?;
+    assert_eq!(plaintext.len() + WRAP_OVERHEAD_BYTES, wrapped.len());
+    Ok(plaintext)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +153,40 @@ mod tests {
             .is_err());
         let other = LedgerSecret::from_bytes([4; 32]);
         assert!(other.decrypt(&nonce, b"header", &sealed).is_err());
+    }
+
+    #[test]
+    fn wrap_round_trip_and_tamper_detection() {
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let key = [9; 32];
+        let wrapped = wrap_key(&key, b"ledger secret", b"seqno 12", &mut rng);
+        assert_eq!(wrapped.len(), b"ledger secret".len() + WRAP_OVERHEAD_BYTES);
+        assert_eq!(
+            unwrap_key(&key, &wrapped, b"seqno 12").unwrap(),
+            b"ledger secret"
+        );
+        // The nonce comes from the RNG, so wrapping twice gives different bytes.
+        let again = wrap_key(&key, b"ledger secret", b"seqno 12", &mut rng);
+        assert_ne!(again, wrapped);
+        assert_eq!(
+            unwrap_key(&key, &again, b"seqno 12").unwrap(),
+            b"ledger secret"
+        );
+        for index in 0..wrapped.len() {
+            let mut altered = wrapped.clone();
+            altered[index] ^= 0x10;
+            assert!(matches!(
+                unwrap_key(&key, &altered, b"seqno 12"),
+                Err(CryptoError::Decrypt)
+            ));
+        }
+        for length in 0..wrapped.len() {
+            assert!(unwrap_key(&key, &wrapped[..length], b"seqno 12").is_err());
+        }
+        assert!(unwrap_key(&key, &wrapped, b"seqno 13").is_err());
+        assert!(unwrap_key(&[8; 32], &wrapped, b"seqno 12").is_err());
+        let empty = wrap_key(&key, b"", b"", &mut rng);
+        assert_eq!(unwrap_key(&key, &empty, b"").unwrap(), b"");
     }
 }

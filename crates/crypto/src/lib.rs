@@ -1,5 +1,5 @@
-//! Charter's cryptography: SHA-256, ECDSA P-384 keys, X.509 certificates, AES-256-GCM and
-//! COSE Sign1 governance messages.
+//! Charter's cryptography: SHA-256, ECDSA P-384 keys, X.509 certificates, AES-256-GCM, COSE
+//! Sign1 governance messages, and threshold recovery of a wrapping key on ristretto255.
 //!
 //! Nothing here reads a clock or the operating system's randomness: key generation takes an
 //! RNG from the caller and certificate validity takes times from the caller, so the node core
@@ -19,9 +19,12 @@ mod cose;
 mod error;
 mod hash;
 mod keys;
+mod recovery;
 mod wrap;
 
-pub use aead::{LedgerSecret, AEAD_NONCE_BYTES, AEAD_TAG_BYTES};
+pub use aead::{
+    unwrap_key, wrap_key, LedgerSecret, AEAD_NONCE_BYTES, AEAD_TAG_BYTES, WRAP_OVERHEAD_BYTES,
+};
 pub use cert::{Certificate, CertificateSpec, Validity};
 pub use cose::{
     cose_sign1, CoseSign1, GovHeaders, COSE_ALG_ES384, COSE_SIGN1_BYTES_MAX, COSE_SIGN1_TAG,
@@ -30,6 +33,11 @@ pub use cose::{
 pub use error::CryptoError;
 pub use hash::{hmac_sha256, sha256, sha256_parts, Digest};
 pub use keys::{SigningKey, VerifyingKey, SIGNATURE_RAW_BYTES};
+pub use recovery::{
+    combine, deal, open_share, partial_decrypt, verify_partial, Deal, DealtShare, KeyShare,
+    PartialDecryption, RecoveryCiphertext, RecoveryKeyPair, RecoveryPublicKey,
+    ENCRYPTED_SHARE_BYTES, PARTIAL_DECRYPTION_BYTES, RECOVERY_MEMBERS_MAX, RECOVERY_POINT_BYTES,
+};
 pub use wrap::{unwrap_from_node, wrap_for_node};
 
 /// Re-exported so that callers can pass an RNG without naming the crate themselves.
