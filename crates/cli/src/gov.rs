@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use charter_crypto::{cose_sign1, Certificate, SigningKey};
+use charter_crypto::{
+    cose_sign1, open_share, partial_decrypt, Certificate, DealtShare, RecoveryCiphertext,
+    RecoveryKeyPair, SigningKey,
+};
 use charter_host::client::{Client, ClientResponse};
 
 /// Where and as whom to send governance requests.
@@ -28,6 +31,19 @@ pub struct MemberArgs {
     /// Service certificate (overrides the workspace's).
     #[arg(long, global = true)]
     pub service_cert: Option<PathBuf>,
+    /// Member's recovery private key (overrides the workspace's `memberN_enc_privk.pem`).
+    #[arg(long, global = true)]
+    pub recovery_key: Option<PathBuf>,
+}
+
+impl MemberArgs {
+    /// The member's recovery private key file.
+    pub fn recovery_key_path(&self) -> PathBuf {
+        self.recovery_key.clone().unwrap_or_else(|| {
+            self.workspace
+                .join(format!("{}_enc_privk.pem", self.member))
+        })
+    }
 }
 
 /// `charter gov` subcommands.
@@ -64,6 +80,11 @@ pub enum GovCommand {
     },
     /// Acknowledge the service state, turning an Accepted member Active.
     Ack,
+    /// Recovery: decrypt this member's recovery share locally, compute a partial decryption
+    /// with a proof, and submit it (signed). The share itself never leaves this machine.
+    RecoveryShare,
+    /// Recovery status: threshold, shares submitted, how many are missing.
+    RecoveryStatus,
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -210,6 +231,49 @@ impl GovClient {
             .await
     }
 
+    /// Submits this member's partial decryption for a recovery: fetches the member's encrypted
+    /// share, opens it with `recovery_key` and proves the partial decryption correct.
+    pub async fn submit_recovery_share(
+        &mut self,
+        recovery_key: &RecoveryKeyPair,
+    ) -> Result<serde_json::Value, String> {
+        let id = self.member_id.clone();
+        let record = self.get(&format!("/gov/recovery/shares/{id}")).await?;
+        let field = |name: &str| -> Result<Vec<u8>, String> {
+            record[name]
+                .as_str()
+                .and_then(|text| hex::decode(text).ok())
+                .ok_or_else(|| format!("the share record's {name} is missing or not hex"))
+        };
+        let ciphertext = RecoveryCiphertext::from_bytes(&field("ciphertext")?)
+            .map_err(|error| error.to_string())?;
+        let verification_key: [u8; 32] = field("verificationKey")?
+            .try_into()
+            .map_err(|_| "the verification key is not 32 bytes".to_owned())?;
+        let index = record["index"]
+            .as_u64()
+            .and_then(|index| u32::try_from(index).ok())
+            .ok_or("the share record has no index")?;
+        let dealt = DealtShare {
+            index,
+            verification_key,
+            encrypted_share: field("encryptedShare")?,
+        };
+        let share = open_share(recovery_key, &ciphertext, &dealt).map_err(|error| {
+            format!("cannot open member {id}'s share with this recovery key: {error}")
+        })?;
+        let partial = partial_decrypt(&share, &ciphertext, &mut rand_core::OsRng);
+        let payload =
+            serde_json::json!({"partial_decryption": hex::encode(partial.to_bytes())}).to_string();
+        self.signed(
+            &format!("/gov/recovery/members/{id}:recover"),
+            "recovery_share",
+            None,
+            payload.as_bytes(),
+        )
+        .await
+    }
+
     /// Fetches and acknowledges the state digest.
     pub async fn ack(&mut self) -> Result<serde_json::Value, String> {
         let id = self.member_id.clone();
@@ -296,6 +360,13 @@ pub fn run(args: MemberArgs, command: GovCommand) -> Result<(), String> {
             }
             GovCommand::Show { id: None } => client.get("/gov/members/proposals").await?,
             GovCommand::Ack => client.ack().await?,
+            GovCommand::RecoveryShare => {
+                let path = args.recovery_key_path();
+                let key = RecoveryKeyPair::from_pem(&read(&path)?)
+                    .map_err(|error| format!("{}: {error}", path.display()))?;
+                client.submit_recovery_share(&key).await?
+            }
+            GovCommand::RecoveryStatus => client.get("/gov/recovery/status").await?,
         };
         println!(
             "{}",

@@ -64,6 +64,35 @@ pub fn new_identity(name: &str, out: &Path) -> Result<(), String> {
 }
 
 /// Creates `path` (failing if it exists) with `mode` and writes `contents` to it.
+/// Writes a recovery encryption key pair: `NAME_enc_privk.pem` (0600) and `NAME_enc_pubk.pem`.
+/// A member whose `set_member` (or genesis entry) carries the public key is a recovery member.
+pub fn new_recovery_key(name: &str, out: &Path) -> Result<(), String> {
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(format!("invalid name {name:?}"));
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|error| format!("cannot create directory {}: {error}", out.display()))?;
+    let private_path = out.join(format!("{name}_enc_privk.pem"));
+    let public_path = out.join(format!("{name}_enc_pubk.pem"));
+    for path in [&private_path, &public_path] {
+        if path.exists() {
+            return Err(format!(
+                "{} already exists; refusing to overwrite it",
+                path.display()
+            ));
+        }
+    }
+    let key = charter_crypto::RecoveryKeyPair::generate(&mut rand_core::OsRng);
+    write_new(&private_path, key.to_pem().as_bytes(), 0o600)?;
+    write_new(&public_path, key.public_key().to_pem().as_bytes(), 0o644)?;
+    println!(
+        "wrote {} and {}",
+        private_path.display(),
+        public_path.display()
+    );
+    Ok(())
+}
+
 fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), String> {
     let mut file = OpenOptions::new()
         .write(true)

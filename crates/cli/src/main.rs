@@ -66,6 +66,15 @@ enum KeysCommand {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Create a member's recovery encryption key pair: NAME_enc_privk.pem and NAME_enc_pubk.pem
+    /// (pass the public one as `encryption_pub_key` of `set_member`).
+    Recovery {
+        /// Base name of the files, e.g. member3.
+        name: String,
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,6 +117,9 @@ fn main() -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { name, out },
         } => keys::new_identity(&name, &out),
+        Command::Keys {
+            command: KeysCommand::Recovery { name, out },
+        } => keys::new_recovery_key(&name, &out),
         Command::Ledger {
             command:
                 LedgerCommand::Verify {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use charter_crypto::{Certificate, CertificateSpec, SigningKey, Validity};
 use charter_host::join::JoinConfig;
-use charter_host::node::{NodeFileConfig, StartKind};
+use charter_host::node::{MemberEntry, NodeFileConfig, RecoverConfig, StartKind};
 
 /// Arguments of `charter sandbox`.
 #[derive(clap::Args, Debug)]
@@ -36,6 +36,11 @@ pub struct SandboxArgs {
     /// Seconds to wait for the network to answer.
     #[arg(long, default_value_t = 60)]
     pub startup_timeout_s: u64,
+    /// Recover the service of this (stopped) sandbox workspace into `--workspace`: node0
+    /// starts in `recover` mode from the old node0's ledger, the members open the recovered
+    /// service and submit their recovery shares, then the other nodes join.
+    #[arg(long)]
+    pub recover: Option<PathBuf>,
 }
 
 const MEMBERS: usize = 3;
@@ -76,6 +81,39 @@ fn make_identity(dir: &Path, name: &str) -> Result<(), String> {
     }
     std::fs::write(&cert_path, cert.to_pem())
         .map_err(|error| format!("{}: {error}", cert_path.display()))
+}
+
+/// A member's recovery key pair, kept next to its identity.
+fn make_recovery_key(dir: &Path, name: &str) -> Result<(), String> {
+    if dir.join(format!("{name}_enc_privk.pem")).exists() {
+        return Ok(());
+    }
+    crate::keys::new_recovery_key(name, dir)
+}
+
+/// Copies the members' and users' key files of the old workspace into the new one.
+fn copy_identities(old: &Path, new: &Path) -> Result<(), String> {
+    for index in 0..MEMBERS {
+        for suffix in ["cert.pem", "privk.pem", "enc_privk.pem", "enc_pubk.pem"] {
+            let name = format!("member{index}_{suffix}");
+            copy_if_missing(&old.join(&name), &new.join(&name))?;
+        }
+    }
+    for index in 0..USERS {
+        for suffix in ["cert.pem", "privk.pem"] {
+            let name = format!("user{index}_{suffix}");
+            copy_if_missing(&old.join(&name), &new.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_if_missing(from: &Path, to: &Path) -> Result<(), String> {
+    if to.exists() || !from.exists() {
+        return Ok(());
+    }
+    std::fs::copy(from, to).map_err(|error| format!("{}: {error}", from.display()))?;
+    Ok(())
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, String> {
@@ -162,8 +200,23 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
     std::fs::create_dir_all(&workspace)
         .map_err(|error| format!("{}: {error}", workspace.display()))?;
     let restarting = workspace.join("node0").join("node_privk.pem").exists();
+    let recover_from = match &args.recover {
+        Some(old) if !restarting => {
+            let old = absolute(old)?;
+            if old == workspace {
+                return Err("--recover names the workspace itself; recover into a new one".into());
+            }
+            if !old.join("node0").join("ledger").is_dir() {
+                return Err(format!("{} has no node0/ledger to recover", old.display()));
+            }
+            copy_identities(&old, &workspace)?;
+            Some(old)
+        }
+        _ => None,
+    };
     for index in 0..MEMBERS {
         make_identity(&workspace, &format!("member{index}"))?;
+        make_recovery_key(&workspace, &format!("member{index}"))?;
     }
     for index in 0..USERS {
         make_identity(&workspace, &format!("user{index}"))?;
@@ -182,11 +235,22 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             node_dir: dir.clone(),
             rpc_address,
             node_address: None,
-            mode: if index == 0 {
-                StartKind::Start
-            } else {
-                StartKind::Join
+            mode: match (index, &recover_from) {
+                (0, None) => StartKind::Start,
+                (0, Some(_)) => StartKind::Recover,
+                _ => StartKind::Join,
             },
+            recover: recover_from
+                .as_ref()
+                .filter(|_| index == 0)
+                .map(|old| RecoverConfig {
+                    previous_ledger_dir: old.join("node0").join("ledger"),
+                    previous_service_cert: old.join("service_cert.pem"),
+                    previous_service_key: Some(
+                        old.join("node0").join("sealed").join("service_privk.pem"),
+                    )
+                    .filter(|path| path.exists()),
+                }),
             join: (index > 0).then(|| JoinConfig {
                 target: first_address,
                 service_cert: service_cert_path.clone(),
@@ -194,7 +258,10 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             }),
             service_cert_out: (index == 0).then(|| service_cert_path.clone()),
             members: (0..MEMBERS)
-                .map(|i| workspace.join(format!("member{i}_cert.pem")))
+                .map(|i| MemberEntry::WithRecoveryKey {
+                    cert: workspace.join(format!("member{i}_cert.pem")),
+                    encryption_public_key: workspace.join(format!("member{i}_enc_pubk.pem")),
+                })
                 .collect(),
             users: Vec::new(),
             signature_interval_txs: args.signature_interval_txs,
@@ -236,7 +303,13 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
     };
     println!(
         "{} {} node{} from {first_address} (workspace {})",
-        if restarting { "Restarting" } else { "Starting" },
+        if restarting {
+            "Restarting"
+        } else if recover_from.is_some() {
+            "Recovering the service with"
+        } else {
+            "Starting"
+        },
         args.nodes,
         if args.nodes == 1 { "" } else { "s" },
         workspace.display()
@@ -263,6 +336,9 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
                 }
             }
             let primary = wait_for_primary(&mut nodes, &service_cert_path, timeout_s).await?;
+            if recover_from.is_some() {
+                recover_service(&workspace, primary, &nodes[0], timeout_s).await?;
+            }
             open_service(&workspace, primary).await?;
             for index in 1..nodes.len() {
                 if known[index] {
@@ -494,6 +570,74 @@ async fn open_service(workspace: &Path, address: SocketAddr) -> Result<(), Strin
     pass(&mut members, &proposal)
         .await
         .map_err(|error| format!("opening the service: {error}"))
+}
+
+/// Opens a recovering service: the members pass `transition_service_to_open`, then submit
+/// recovery shares one by one until the service is open; then waits until node0 holds the
+/// snapshot that nodes joining the recovered service start from.
+async fn recover_service(
+    workspace: &Path,
+    address: SocketAddr,
+    node: &SandboxNode,
+    timeout_s: u64,
+) -> Result<(), String> {
+    let mut members = members(workspace, address).await?;
+    let info = members[0].get("/gov/service/info").await?;
+    if info["status"] == "Recovering" {
+        let proposal = serde_json::json!({"actions": [
+            {"name": "transition_service_to_open", "args": {}}
+        ]})
+        .to_string();
+        pass(&mut members, &proposal)
+            .await
+            .map_err(|error| format!("opening the recovered service: {error}"))?;
+    }
+    for (index, member) in members.iter_mut().enumerate() {
+        let info = member.get("/gov/service/info").await?;
+        if info["status"] == "Open" {
+            break;
+        }
+        let path = workspace.join(format!("member{index}_enc_privk.pem"));
+        let pem = std::fs::read_to_string(&path)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        let key = charter_crypto::RecoveryKeyPair::from_pem(&pem)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        let answer = member
+            .submit_recovery_share(&key)
+            .await
+            .map_err(|error| format!("member{index}'s recovery share: {error}"))?;
+        println!(
+            "  member{index}: {}",
+            answer["message"].as_str().unwrap_or_default()
+        );
+    }
+    let info = members[0].get("/gov/service/info").await?;
+    if info["status"] != "Open" {
+        return Err(format!(
+            "the recovered service is still {}: {}",
+            info["status"],
+            members[0].get("/gov/recovery/status").await?
+        ));
+    }
+    // Joining nodes start from the snapshot taken once the private state was restored.
+    let snapshots = charter_host::files::snapshot_dir_for(&node.dir.join("ledger"));
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    loop {
+        let committed = std::fs::read_dir(&snapshots)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|item| item.file_name().to_string_lossy().ends_with(".committed"));
+        if committed {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "node0 wrote no committed snapshot within {timeout_s} s after the recovery"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until `node` has committed everything the primary at `primary` had committed when

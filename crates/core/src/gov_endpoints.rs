@@ -4,8 +4,8 @@
 use charter_gov::requests::{self, Freshness, GovError, MemberRequest, Outcome};
 use charter_gov::tables::{
     MemberInfo, ServiceConfig, UserInfo, CODE_MANIFEST_MAP, CONSTITUTION_KEY, CONSTITUTION_MAP,
-    HOST_DATA_MAP, MEMBERS_MAP, NODES_MAP, SERVICE_CONFIG_KEY, SERVICE_CONFIG_MAP, SERVICE_KEY,
-    SERVICE_MAP, TEE_MANIFEST_MAP, USERS_MAP,
+    HISTORY_MAP, HOST_DATA_MAP, MEMBERS_MAP, NODES_MAP, SERVICE_CONFIG_KEY, SERVICE_CONFIG_MAP,
+    SERVICE_KEY, SERVICE_MAP, TEE_MANIFEST_MAP, USERS_MAP,
 };
 use charter_kv::Tx;
 use charter_ledger::{EntryKind, NodeInfo, ServiceInfo, TxId};
@@ -47,6 +47,9 @@ pub(crate) fn handle(
             ));
         }
         return Ok(service_read(node, service));
+    }
+    if let Some(recovery) = rest.strip_prefix("/recovery/") {
+        return recovery_endpoint(node, recovery, request, out);
     }
     let Some(members) = rest.strip_prefix("/members/") else {
         return Ok(Response::error(
@@ -311,5 +314,139 @@ fn members_write(
     let tx_id: TxId =
         node.write_transaction(EntryKind::Transaction, tx.into_write_set(), [0; 32], out)?;
     Ok(Response::json(200, &outcome.summary)
+        .with_header("x-ms-ccf-transaction-id", tx_id.to_string()))
+}
+
+/// Message type of a signed recovery share (the payload is JSON
+/// `{"partial_decryption": HEX}`).
+pub const RECOVERY_SHARE_MSG_TYPE: &str = "recovery_share";
+
+/// `/gov/recovery/status`, `/gov/recovery/shares/{member_id}` and
+/// `POST /gov/recovery/members/{member_id}:recover`.
+fn recovery_endpoint(
+    node: &mut Node,
+    path: &str,
+    request: &Request,
+    out: &mut Vec<Action>,
+) -> Result<Response, CoreError> {
+    match (request.method, path) {
+        (Method::Get, "status") => return Ok(Response::json(200, &node.recovery_status())),
+        (Method::Get, _) => {
+            if let Some(member_id) = path.strip_prefix("shares/") {
+                return Ok(
+                    match node.recovery_share_of(&member_id.to_ascii_lowercase()) {
+                        Some(share) => Response::json(200, &share),
+                        None => Response::error(
+                            404,
+                            "ResourceNotFound",
+                            format!("member {member_id} holds no recovery share"),
+                        ),
+                    },
+                );
+            }
+        }
+        (Method::Post, _) => {
+            if let Some(member_id) = path
+                .strip_prefix("members/")
+                .and_then(|rest| rest.strip_suffix(":recover"))
+            {
+                return submit_share(node, &member_id.to_ascii_lowercase(), request, out);
+            }
+        }
+        _ => {}
+    }
+    Ok(Response::error(
+        404,
+        "ResourceNotFound",
+        format!("no endpoint at /gov/recovery/{path}"),
+    ))
+}
+
+fn submit_share(
+    node: &mut Node,
+    member_id: &str,
+    request: &Request,
+    out: &mut Vec<Action>,
+) -> Result<Response, CoreError> {
+    match request.header("content-type") {
+        Some(kind) if kind.split(';').next().map(str::trim) == Some("application/cose") => {}
+        other => return Ok(Response::error(
+            415,
+            "UnsupportedContentType",
+            format!(
+                "recovery shares are COSE Sign1 with content-type application/cose, not {other:?}"
+            ),
+        )),
+    }
+    if !node.is_primary() {
+        return Ok(Response::error(
+            503,
+            "NotPrimary",
+            "this node is not the primary",
+        ));
+    }
+    let mut tx = node.begin();
+    let freshness = Freshness {
+        now_unix_s: node.unix_time_s(),
+        window_s: node.gov_request_window_s(),
+    };
+    let member_request =
+        match requests::authenticate(&mut tx, &request.body, RECOVERY_SHARE_MSG_TYPE, freshness) {
+            Ok(member_request) => member_request,
+            Err(error) => return Ok(gov_error(&error)),
+        };
+    if member_request.member_id != member_id {
+        return Ok(Response::error(
+            403,
+            "AuthorizationFailed",
+            format!(
+                "member {} may not submit the share of member {member_id}",
+                member_request.member_id
+            ),
+        ));
+    }
+    // The signed request carries a partial decryption: enough of them open the old ledger
+    // secret, so the ledger keeps the request in a private map and only its digest in clear.
+    let digest = hex::encode(charter_crypto::sha256(&request.body));
+    tx.put(
+        HISTORY_MAP,
+        member_id.as_bytes(),
+        json!({"type": RECOVERY_SHARE_MSG_TYPE, "sha256": digest})
+            .to_string()
+            .as_bytes(),
+    );
+    tx.put(
+        crate::RECOVERY_REQUESTS_MAP,
+        member_id.as_bytes(),
+        &request.body,
+    );
+    tx.put(
+        crate::RECOVERY_SUBMISSIONS_MAP,
+        member_id.as_bytes(),
+        json!({"created_at": member_request.message.headers.created_at, "sha256": digest})
+            .to_string()
+            .as_bytes(),
+    );
+    let partial = serde_json::from_slice::<serde_json::Value>(&member_request.message.payload)
+        .ok()
+        .and_then(|payload| payload["partial_decryption"].as_str().map(str::to_owned))
+        .and_then(|text| hex::decode(text).ok());
+    let Some(partial) = partial else {
+        return Ok(Response::error(
+            400,
+            "InvalidRecoveryShare",
+            "the payload must be JSON {\"partial_decryption\": HEX}",
+        ));
+    };
+    let message = match node.submit_recovery_share(&mut tx, member_id, &partial) {
+        Ok(message) => message,
+        Err((status, code, message)) => return Ok(Response::error(status, code, message)),
+    };
+    let tx_id: TxId =
+        node.write_transaction(EntryKind::Transaction, tx.into_write_set(), [0; 32], out)?;
+    if let Some(action) = node.take_seal_action() {
+        out.push(action);
+    }
+    Ok(Response::json(200, &json!({"message": message}))
         .with_header("x-ms-ccf-transaction-id", tx_id.to_string()))
 }

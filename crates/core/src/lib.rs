@@ -36,7 +36,9 @@ pub use charter_consensus::{HardStateRecord, LogBase, LogEntry, LogKind, Restore
 pub use error::CoreError;
 pub use join::ENDORSED_CERT_DAYS;
 pub use node::{
-    raft_id, Action, FetchedEntries, Input, Node, NodeConfig, StartMode, TxStatus,
-    FORWARDED_HEADER, GENESIS_VOTERS_KEY, RAFT_MAP, READ_CONSISTENCY_HEADER,
-    SNAPSHOTS_AWAITING_EVIDENCE_MAX,
+    raft_id, Action, FetchedEntries, Input, MemberShare, Node, NodeConfig, PreviousServiceIdentity,
+    RecoveryShares, StartMode, TxStatus, FORWARDED_HEADER, GENESIS_VOTERS_KEY,
+    PREVIOUS_SERVICE_KEY, PREVIOUS_SERVICE_MAP, RAFT_MAP, READ_CONSISTENCY_HEADER,
+    RECOVERED_AT_KEY, RECOVERY_REQUESTS_MAP, RECOVERY_SHARES_KEY, RECOVERY_SHARES_MAP,
+    RECOVERY_SUBMISSIONS_MAP, SNAPSHOTS_AWAITING_EVIDENCE_MAX,
 };

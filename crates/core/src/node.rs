@@ -20,7 +20,14 @@ use charter_ledger::{
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
+mod recovery;
 mod secrets;
+
+pub use recovery::{
+    MemberShare, PreviousServiceIdentity, RecoveryShares, PREVIOUS_SERVICE_KEY,
+    PREVIOUS_SERVICE_MAP, RECOVERED_AT_KEY, RECOVERY_REQUESTS_MAP, RECOVERY_SHARES_KEY,
+    RECOVERY_SHARES_MAP, RECOVERY_SUBMISSIONS_MAP,
+};
 
 use crate::api::{Request, RequestId, Response};
 use crate::CoreError;
@@ -130,6 +137,11 @@ pub enum Action {
         /// Seqno of the last entry of the chunk.
         last_seqno: u64,
     },
+    /// Replace the sealed ledger secrets with these (a recovery restored or started them).
+    SealLedgerSecrets {
+        /// [`LedgerSecrets::to_json`] of every secret the node holds.
+        secrets: serde_json::Value,
+    },
     /// Save this snapshot of the state at the committed signature `seqno` durably (as
     /// `snapshot_SEQNO`). Every node emits the same bytes for the same seqno. Nothing waits
     /// for it: a lost snapshot only means a later one is used.
@@ -215,6 +227,9 @@ pub struct NodeConfig {
     /// Take a snapshot at the first signature at least this many seqnos after the previous
     /// snapshot (0: never).
     pub snapshot_interval_txs: u64,
+    /// Recovery encryption keys (PEM, [`charter_crypto::RecoveryPublicKey`]) of genesis
+    /// members, by member ID: the genesis transaction records them and deals recovery shares.
+    pub genesis_recovery_keys: BTreeMap<String, String>,
     /// Deliberately wrong, for the simulator's self-test only: a primary counts each signature
     /// it appends as committed at once, before a majority holds it. Never set it elsewhere.
     #[doc(hidden)]
@@ -248,6 +263,7 @@ impl NodeConfig {
             node_address: String::new(),
             service_key: None,
             snapshot_interval_txs: 10_000,
+            genesis_recovery_keys: BTreeMap::new(),
             unsafe_commit_before_majority: false,
         }
     }
@@ -272,6 +288,19 @@ pub enum StartMode {
         /// A committed snapshot file (`snapshot_SEQNO.committed`) to start from, checked
         /// against the service certificate and the ledger secret before it is used.
         snapshot: Option<Vec<u8>>,
+    },
+    /// Recover a service whose nodes are all lost, from one node's ledger (from seqno 1):
+    /// replay its public state up to the last signature, start a new service identity
+    /// (`NodeConfig::service_cert`) as the only node, and wait for governance to open it and
+    /// for recovery members' shares to restore the private state.
+    Recover {
+        /// The old ledger's entries, from seqno 1.
+        entries: Vec<LogEntry>,
+        /// The previous service identity, which signed the old ledger's node certificates.
+        previous_service_cert: Certificate,
+        /// PEM of a certificate for the new service key issued by the previous service key,
+        /// if the previous key was at hand.
+        endorsement: Option<String>,
     },
 }
 
@@ -302,6 +331,13 @@ pub struct Node {
     pub(crate) secrets: LedgerSecrets,
     /// Randomness for fresh secrets, seeded from the host's entropy.
     pub(crate) rng: ChaCha20Rng,
+    /// A recovery's old private entries and submitted partial decryptions.
+    pub(crate) recovery: recovery::RecoveryProgress,
+    /// The secrets changed in a way the host must seal.
+    seal_secrets: bool,
+    /// Take a snapshot at the next signature whatever the interval (a recovery restored the
+    /// private state: nodes joining the recovered service start from that snapshot).
+    force_snapshot_point: bool,
     node_id: String,
     consensus: Consensus,
     store: Store,
@@ -402,6 +438,21 @@ impl Node {
         let node_id = config.node_key.verifying_key().id_hex();
         let raft_id = raft_id(&node_id);
         let mut consensus_config = ConsensusConfig::single(raft_id, config.seed);
+        let (mode, recover) = match mode {
+            StartMode::Recover {
+                entries,
+                previous_service_cert,
+                endorsement,
+            } => (
+                StartMode::Recover {
+                    entries: Vec::new(),
+                    previous_service_cert: previous_service_cert.clone(),
+                    endorsement: None,
+                },
+                Some((entries, previous_service_cert, endorsement)),
+            ),
+            mode => (mode, None),
+        };
         let (restored, genesis, joining, snapshot) = match mode {
             StartMode::Genesis { members } => (Restored::default(), Some(members), false, None),
             StartMode::Restart(mut restored) => {
@@ -409,6 +460,7 @@ impl Node {
                 (restored, None, false, snapshot)
             }
             StartMode::Join { snapshot } => (Restored::default(), None, true, snapshot),
+            StartMode::Recover { .. } => (Restored::default(), None, false, None),
         };
         let mut seed = config.entropy.to_vec();
         seed.extend_from_slice(node_id.as_bytes());
@@ -416,6 +468,9 @@ impl Node {
         let mut node = Node {
             secrets: config.ledger_secrets.clone(),
             rng,
+            recovery: recovery::RecoveryProgress::default(),
+            seal_secrets: false,
+            force_snapshot_point: false,
             node_id,
             consensus: Consensus::new(&ConsensusConfig::single(raft_id, 0), Restored::default())?,
             store: Store::new(),
@@ -453,11 +508,26 @@ impl Node {
             replaying: false,
             config,
         };
-        let base = match snapshot {
+        if let Some((entries, previous_service_cert, endorsement)) = recover {
+            return Node::recover(node, entries, previous_service_cert, endorsement, out);
+        }
+        let mut base = match snapshot {
             Some(file) => Some(node.start_from_snapshot(&file)?),
             None => None,
         };
         let mut restored = node.replay(restored, out)?;
+        if let Some(recovered_at) = node.recovered_at() {
+            // A recovered service's Raft log starts after the old ledger it replayed.
+            if !matches!(&base, Some(base) if base.seqno >= recovered_at) {
+                restored.entries.retain(|entry| entry.seqno > recovered_at);
+                node.base_seqno = node.base_seqno.max(recovered_at);
+                base = Some(LogBase {
+                    seqno: recovered_at,
+                    view: view_at(&node.views, recovered_at).unwrap_or(0),
+                    conf_changes: node.conf_changes.values().cloned().collect(),
+                });
+            }
+        }
         // The network's first configuration is the genesis node alone, recorded in the ledger;
         // configuration changes in the log do the rest.
         consensus_config.voters = match node.store.get(RAFT_MAP, GENESIS_VOTERS_KEY) {
@@ -1225,9 +1295,19 @@ impl Node {
         } else {
             WriteSet::decode(decoded.public).map_err(|error| bad(error.to_string()))?
         };
-        let private = decoded
-            .decrypt_private(self.secrets.for_seqno(entry.seqno), bytes)
-            .map_err(|error| bad(error.to_string()))?;
+        let private = match self.secrets.get(entry.seqno) {
+            Some(secret) => decoded
+                .decrypt_private(secret, bytes)
+                .map_err(|error| bad(error.to_string()))?,
+            None => {
+                // A recovered service's old ledger, before the members' shares bring its
+                // secrets back: the public state now, the private state later.
+                if !decoded.private.is_empty() {
+                    self.recovery.pending.push((entry.seqno, owned.clone()));
+                }
+                Vec::new()
+            }
+        };
         if !private.is_empty() {
             write_set.merge(WriteSet::decode(&private).map_err(|error| bad(error.to_string()))?);
         }
@@ -1273,6 +1353,17 @@ impl Node {
                 self.learn_ledger_secret(value).map_err(bad)?;
             }
         }
+        if let Some(Some(end)) = write_set.get(RAFT_MAP, recovery::RECOVERED_AT_KEY) {
+            let end = std::str::from_utf8(end)
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .ok_or_else(|| bad("malformed recovery point".to_owned()))?;
+            self.forget_old_configuration(end);
+        }
+        if Node::restores_private_state(&write_set) {
+            self.recovery.pending.clear();
+            self.force_snapshot_point = true;
+        }
         if !write_set.is_empty() {
             let service_changed = write_set.maps.contains_key(SERVICE_MAP);
             if write_set.maps.contains_key(NODES_MAP) {
@@ -1306,6 +1397,20 @@ impl Node {
     /// entries, so every node picks the same points.
     fn remember_snapshot_point(&mut self, entry: &LogEntry) {
         let interval = self.config.snapshot_interval_txs;
+        if !self.recovery.pending.is_empty() {
+            // The private state is not restored yet.
+            return;
+        }
+        if std::mem::take(&mut self.force_snapshot_point) {
+            self.snapshot_points.insert(
+                entry.seqno,
+                SnapshotPoint {
+                    view: entry.view,
+                    store: self.store.clone(),
+                },
+            );
+            return;
+        }
         if interval == 0 {
             return;
         }
@@ -1565,7 +1670,11 @@ impl Node {
                 cert: member.to_pem(),
                 status: gov::MemberStatus::Accepted,
                 member_data: None,
-                public_encryption_key: None,
+                public_encryption_key: self
+                    .config
+                    .genesis_recovery_keys
+                    .get(&member.fingerprint_hex())
+                    .cloned(),
             };
             write_set.put(
                 gov::MEMBERS_MAP,
@@ -1604,7 +1713,19 @@ impl Node {
             gov::SERVICE_CONFIG_KEY.as_bytes(),
             &json(&threshold),
         );
-        self.write_transaction(EntryKind::Transaction, write_set, [0; 32], out)?;
+        // Recovery shares for the genesis members that have recovery keys.
+        let mut tx = Tx::new(self.store.snapshot());
+        for (map, entries) in write_set.maps {
+            for (key, value) in entries {
+                if let Some(value) = value {
+                    tx.put(&map, &key, &value);
+                }
+            }
+        }
+        let (start, secret) = self.secrets.latest();
+        let secret = secret.clone();
+        self.deal_if_needed(&mut tx, (start, &secret));
+        self.write_transaction(EntryKind::Transaction, tx.into_write_set(), [0; 32], out)?;
         Ok(())
     }
 

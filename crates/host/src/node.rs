@@ -32,6 +32,47 @@ pub enum StartKind {
     Start,
     /// Join the network named by `join`.
     Join,
+    /// Recover a service whose nodes are all lost, from the old ledger `recover` names: a new
+    /// service identity, endorsed by the previous one when its key is given.
+    Recover,
+}
+
+/// Where a recovering node finds the lost service (`mode: recover`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverConfig {
+    /// The old ledger directory (of a node that holds it from seqno 1); its files are copied.
+    pub previous_ledger_dir: PathBuf,
+    /// The previous service certificate.
+    pub previous_service_cert: PathBuf,
+    /// The previous service key, if at hand (an old node's `sealed/service_privk.pem`): it
+    /// endorses the new service identity.
+    #[serde(default)]
+    pub previous_service_key: Option<PathBuf>,
+}
+
+/// An initial member: its certificate, and optionally its recovery encryption key (PEM,
+/// `charter keys --recovery`), which makes it a recovery member.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MemberEntry {
+    /// Path of the member's certificate.
+    Cert(PathBuf),
+    /// Certificate and recovery key.
+    WithRecoveryKey {
+        /// Path of the member's certificate.
+        cert: PathBuf,
+        /// Path of the member's recovery public key.
+        encryption_public_key: PathBuf,
+    },
+}
+
+impl MemberEntry {
+    fn cert(&self) -> &Path {
+        match self {
+            MemberEntry::Cert(path) | MemberEntry::WithRecoveryKey { cert: path, .. } => path,
+        }
+    }
 }
 
 /// A node's configuration file (`charter node --config FILE`).
@@ -51,11 +92,14 @@ pub struct NodeFileConfig {
     /// Where to join, for `mode: join`.
     #[serde(default)]
     pub join: Option<JoinConfig>,
+    /// What to recover, for `mode: recover`.
+    #[serde(default)]
+    pub recover: Option<RecoverConfig>,
     /// Where to write (at genesis) the service certificate for clients.
     pub service_cert_out: Option<PathBuf>,
     /// For a new network: certificates of the initial members and users. Ignored on restart.
     #[serde(default)]
-    pub members: Vec<PathBuf>,
+    pub members: Vec<MemberEntry>,
     /// Initial users' certificates.
     #[serde(default)]
     pub users: Vec<PathBuf>,
@@ -156,6 +200,15 @@ fn seal_secrets(sealed: &Path, secrets: &LedgerSecrets) -> Result<(), NodeError>
     )
 }
 
+/// Replaces the sealed secrets (a recovery changed them), atomically.
+fn reseal_secrets(sealed: &Path, secrets: &serde_json::Value) -> Result<(), NodeError> {
+    let path = sealed.join(SEALED_SECRETS_FILE);
+    let temporary = sealed.join(format!("{SEALED_SECRETS_FILE}.new"));
+    let _ = std::fs::remove_file(&temporary);
+    write_private(&temporary, &secrets.to_string())?;
+    std::fs::rename(&temporary, &path).map_err(|error| format!("{}: {error}", path.display()))
+}
+
 fn unseal_secrets(sealed: &Path) -> Result<LedgerSecrets, NodeError> {
     let path = sealed.join(SEALED_SECRETS_FILE);
     if !path.exists() {
@@ -194,6 +247,26 @@ fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+/// Copies the ledger files (`ledger_*`) of `from` into the empty directory `to`.
+fn copy_ledger(from: &Path, to: &Path) -> Result<(), NodeError> {
+    let listing =
+        std::fs::read_dir(from).map_err(|error| format!("{}: {error}", from.display()))?;
+    let mut copied = 0;
+    for item in listing {
+        let item = item.map_err(|error| format!("{}: {error}", from.display()))?;
+        let name = item.file_name();
+        if name.to_string_lossy().starts_with("ledger_") && item.path().is_file() {
+            std::fs::copy(item.path(), to.join(&name))
+                .map_err(|error| format!("{}: {error}", item.path().display()))?;
+            copied += 1;
+        }
+    }
+    if copied == 0 {
+        return Err(format!("{} holds no ledger files", from.display()));
+    }
+    Ok(())
 }
 
 /// Creates (at genesis) or loads (on restart) the node's keys, certificates and sealed ledger
@@ -617,6 +690,8 @@ struct CoreLoop {
     book: PeerBook,
     forwarded: HashMap<u64, Forwarded>,
     next_forward: u64,
+    /// Directory of the sealed secrets.
+    sealed_dir: PathBuf,
 }
 
 impl CoreLoop {
@@ -847,6 +922,9 @@ impl CoreLoop {
                             tracing::warn!(seqno, %error, "cannot commit the snapshot");
                         }
                     }
+                    Action::SealLedgerSecrets { secrets } => {
+                        reseal_secrets(&self.sealed_dir, &secrets)?;
+                    }
                 }
             }
             for entries in reads {
@@ -982,8 +1060,31 @@ pub fn run_node(
                 (identity(&config, true)?, false)
             }
             StartKind::Join => (join_identity(&config, &runtime)?, true),
+            StartKind::Recover => {
+                if !loaded.entries.is_empty() {
+                    return Err(format!(
+                        "{} already holds a ledger: recover into an empty node directory",
+                        config.node_dir.display()
+                    ));
+                }
+                let recover = config
+                    .recover
+                    .as_ref()
+                    .ok_or("mode \"recover\" needs a \"recover\" section (previous_ledger_dir, previous_service_cert)")?;
+                copy_ledger(&recover.previous_ledger_dir, &ledger_dir)?;
+                (files, loaded) =
+                    LedgerFiles::open(&ledger_dir).map_err(|error| error.to_string())?;
+                if loaded.entries.first().map(|entry| entry.seqno) != Some(1) {
+                    return Err(format!(
+                        "{} does not hold the ledger from seqno 1 (its node started from a snapshot); recover from another node's ledger",
+                        recover.previous_ledger_dir.display()
+                    ));
+                }
+                (identity(&config, true)?, false)
+            }
         }
     };
+    let recovering = !has_identity && config.mode == StartKind::Recover;
     let genesis = !has_identity && config.mode == StartKind::Start;
     let bootstrap: Vec<BootstrapPeer> = if joined || joining {
         let text = read(&bootstrap_path)?;
@@ -1034,8 +1135,67 @@ pub fn run_node(
                 "`users` in the configuration is ignored: users are added by governance proposals"
             );
         }
-        StartMode::Genesis {
-            members: load(&config.members)?,
+        let certs: Vec<PathBuf> = config
+            .members
+            .iter()
+            .map(|member| member.cert().to_path_buf())
+            .collect();
+        let members = load(&certs)?;
+        for (member, cert) in config.members.iter().zip(&members) {
+            if let MemberEntry::WithRecoveryKey {
+                encryption_public_key,
+                ..
+            } = member
+            {
+                let pem = read(encryption_public_key)?;
+                charter_crypto::RecoveryPublicKey::from_pem(&pem)
+                    .map_err(|error| format!("{}: {error}", encryption_public_key.display()))?;
+                node_config
+                    .genesis_recovery_keys
+                    .insert(cert.fingerprint_hex(), pem);
+            }
+        }
+        StartMode::Genesis { members }
+    } else if recovering {
+        let recover = config
+            .recover
+            .as_ref()
+            .ok_or("mode \"recover\" needs a \"recover\" section")?;
+        let previous_service_cert =
+            Certificate::from_pem(&read(&recover.previous_service_cert)?)
+                .map_err(|error| format!("{}: {error}", recover.previous_service_cert.display()))?;
+        let endorsement = match &recover.previous_service_key {
+            Some(path) => {
+                let previous_key = SigningKey::from_pem(&read(path)?)
+                    .map_err(|error| format!("{}: {error}", path.display()))?;
+                let spec = CertificateSpec {
+                    common_name: "Charter service",
+                    is_ca: true,
+                    subject_alt_names: &[],
+                    validity: Validity {
+                        not_before_unix: now_unix() - 86_400,
+                        days: 3_650,
+                    },
+                };
+                let endorsed = Certificate::issue(
+                    &identity.service_key.verifying_key(),
+                    &spec,
+                    &previous_key,
+                    &previous_service_cert,
+                )
+                .map_err(|error| format!("endorsing the new service identity: {error}"))?;
+                Some(endorsed.to_pem())
+            }
+            None => None,
+        };
+        tracing::info!(
+            entries = loaded.entries.len(),
+            "recovering the service from the previous ledger"
+        );
+        StartMode::Recover {
+            entries: std::mem::take(&mut loaded.entries),
+            previous_service_cert,
+            endorsement,
         }
     } else if joining {
         // A node joining a network that keeps snapshots starts from the latest one and
@@ -1122,6 +1282,7 @@ pub fn run_node(
         },
         forwarded: HashMap::new(),
         next_forward: 0,
+        sealed_dir: config.node_dir.join("sealed"),
     };
     // A first tick gives the core the wall clock before any request arrives.
     core.node

@@ -80,6 +80,8 @@ pub enum ServiceStatus {
     Open,
     /// Recovering from a disaster, waiting for members.
     Recovering,
+    /// Recovering, opened by governance, waiting for members' recovery shares.
+    WaitingForRecoveryShares,
 }
 
 /// The service record in [`SERVICE_MAP`](crate::tables::SERVICE_MAP).

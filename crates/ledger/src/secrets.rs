@@ -37,7 +37,23 @@ impl LedgerSecrets {
         }
     }
 
-    /// The secret that encrypts the entry at `seqno`.
+    /// Secrets starting at `start`: a recovered service's own first secret, for the entries it
+    /// writes after the old ledger (whose secrets it does not hold yet).
+    pub fn starting_at(start: u64, secret: LedgerSecret) -> LedgerSecrets {
+        LedgerSecrets {
+            by_start: BTreeMap::from([(start, secret)]),
+        }
+    }
+
+    /// The secret of the entry at `seqno`, if held (`None` before the first secret's start).
+    pub fn get(&self, seqno: u64) -> Option<&LedgerSecret> {
+        self.by_start
+            .range(..=seqno)
+            .next_back()
+            .map(|(_, secret)| secret)
+    }
+
+    /// The secret that encrypts the entry at `seqno` (the first one below its start).
     pub fn for_seqno(&self, seqno: u64) -> &LedgerSecret {
         self.by_start
             .range(..=seqno)
@@ -73,6 +89,11 @@ impl LedgerSecrets {
             .by_start
             .split_off(&(seqno.saturating_add(2)).max(first + 1));
         drop(dropped);
+    }
+
+    /// Adds every secret of `other` (a recovered chain) to these.
+    pub fn extend(&mut self, other: LedgerSecrets) {
+        self.by_start.extend(other.by_start);
     }
 
     /// The secrets, oldest first, as `(start, secret)`.

@@ -294,6 +294,8 @@ impl SimNode {
                     // keeps its runs below the interval and ignores them.
                     Action::WriteSnapshot { .. } | Action::CommitSnapshot { .. } => {}
                     Action::CloseChunk { .. } => {}
+                    // The simulated nodes never recover a service.
+                    Action::SealLedgerSecrets { .. } => {}
                     Action::ReadEntries {
                         from_seqno,
                         to_seqno,

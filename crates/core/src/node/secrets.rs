@@ -46,21 +46,35 @@ impl Node {
     }
 
     /// Carries out what an accepted proposal asked of the core, inside the same transaction:
-    /// a requested rekey.
+    /// a requested rekey; then deals new recovery shares if their inputs changed (members'
+    /// recovery keys, the threshold, the latest secret).
     pub(crate) fn finish_governance(&mut self, tx: &mut Tx) -> Result<(), CoreError> {
-        if tx
+        let rekeyed = if tx
             .get(LEDGER_REKEY_MAP, LEDGER_REKEY_KEY.as_bytes())
             .is_some()
         {
             tx.remove(LEDGER_REKEY_MAP, LEDGER_REKEY_KEY.as_bytes());
-            self.write_rekey(tx);
+            Some(self.write_rekey(tx))
+        } else {
+            None
+        };
+        if self.recovery.pending.is_empty() {
+            // (A recovering service deals only once the old private state is back.)
+            match rekeyed {
+                Some((start, secret)) => self.deal_if_needed(tx, (start, &secret)),
+                None => {
+                    let (start, secret) = self.secrets.latest();
+                    let secret = secret.clone();
+                    self.deal_if_needed(tx, (start, &secret));
+                }
+            }
         }
         Ok(())
     }
 
     /// Records a fresh ledger secret for the entries after the transaction `tx` becomes: wrapped
     /// for every node that takes part in consensus, and chained to the previous secret.
-    pub(crate) fn write_rekey(&mut self, tx: &mut Tx) {
+    pub(crate) fn write_rekey(&mut self, tx: &mut Tx) -> (u64, LedgerSecret) {
         let start = self.next_tx_id().seqno + 1;
         let secret = LedgerSecret::generate(&mut self.rng);
         let (previous_start, previous) = self.secrets.latest();
@@ -101,5 +115,6 @@ impl Node {
             ledger_secrets_key(start).as_bytes(),
             &value,
         );
+        (start, secret)
     }
 }

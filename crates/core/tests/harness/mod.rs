@@ -205,7 +205,7 @@ impl Harness {
         Harness::start_with(seed, mode, |_| {})
     }
 
-    fn start_with(
+    pub fn start_with(
         seed: u8,
         mode: Option<StartMode>,
         configure: impl Fn(&mut NodeConfig),
@@ -219,17 +219,22 @@ impl Harness {
         let mode = mode.unwrap_or(StartMode::Genesis {
             members: vec![member.clone()],
         });
+        // A recovering node's host holds a copy of the old ledger files.
+        let (ledger, files) = match &mode {
+            StartMode::Recover { entries, .. } => (entries.clone(), Vec::new()),
+            _ => (Vec::new(), Vec::new()),
+        };
         let node = Node::new(config.clone(), mode, &mut out).unwrap();
         let mut harness = Harness {
             node,
-            ledger: Vec::new(),
+            ledger,
             hard_state: HardStateRecord::default(),
             responses: Vec::new(),
             now_ms: 1,
             next_id: 0,
             user,
             user1,
-            files: Vec::new(),
+            files,
             outbox: Vec::new(),
             member,
             member_key,
@@ -385,6 +390,10 @@ impl Harness {
                         charter_core::Response::error(503, "NotPrimary", "not the primary"),
                     )),
                     Action::CloseChunk { .. } => {}
+                    Action::SealLedgerSecrets { secrets } => {
+                        self.config.ledger_secrets =
+                            charter_ledger::LedgerSecrets::from_json(&secrets).unwrap();
+                    }
                     Action::ReadEntries {
                         from_seqno,
                         to_seqno,

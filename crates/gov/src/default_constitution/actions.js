@@ -248,10 +248,14 @@ const ACTIONS = new Map([
         if (service === undefined) {
           throw new Error("the service record does not exist");
         }
-        if (service.status !== "Opening") {
-          throw new Error(`the service is ${service.status}, not Opening`);
+        if (service.status === "Opening") {
+          service.status = "Open";
+        } else if (service.status === "Recovering") {
+          // A recovered service opens once members' recovery shares restore its private state.
+          service.status = "WaitingForRecoveryShares";
+        } else {
+          throw new Error(`the service is ${service.status}, not Opening or Recovering`);
         }
-        service.status = "Open";
         writeRecord(SERVICE_MAP, SERVICE_KEY, service);
       },
     },
