@@ -92,6 +92,10 @@ enum LedgerCommand {
         /// oldest of them that covers its start.
         #[arg(long)]
         snapshots: Option<PathBuf>,
+        /// For a recovered service: a previous service certificate whose endorsements of the
+        /// old ledger's nodes are accepted too (repeat for each recovery).
+        #[arg(long = "previous-service-cert")]
+        previous_service_certs: Vec<PathBuf>,
     },
 }
 
@@ -126,8 +130,14 @@ fn main() -> ExitCode {
                     dir,
                     service_cert,
                     snapshots,
+                    previous_service_certs,
                 },
-        } => verify::ledger(&dir, &service_cert, snapshots.as_deref()),
+        } => verify::ledger(
+            &dir,
+            &service_cert,
+            snapshots.as_deref(),
+            &previous_service_certs,
+        ),
         Command::Receipt {
             command: ReceiptCommand::Verify { file, service_cert },
         } => verify::receipt(&file, &service_cert),

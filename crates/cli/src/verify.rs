@@ -2,7 +2,7 @@
 use std::path::{Path, PathBuf};
 
 use charter_crypto::Certificate;
-use charter_ledger::{verify_ledger_with_snapshots, LedgerFile, Receipt};
+use charter_ledger::{verify_recovered_ledger, LedgerFile, Receipt};
 
 /// Reads and parses the service certificate, naming the file in any error.
 fn read_service_cert(path: &Path) -> Result<Certificate, String> {
@@ -71,8 +71,17 @@ fn snapshot_dir(ledger_dir: &Path, given: Option<&Path>) -> Option<PathBuf> {
 
 /// Verifies a ledger directory, and the committed snapshots (`snapshot_*.committed`) of
 /// `snapshots` or, by default, of `snapshots/` next to it.
-pub fn ledger(dir: &Path, service_cert: &Path, snapshots: Option<&Path>) -> Result<(), String> {
+pub fn ledger(
+    dir: &Path,
+    service_cert: &Path,
+    snapshots: Option<&Path>,
+    previous: &[PathBuf],
+) -> Result<(), String> {
     let service_cert = read_service_cert(service_cert)?;
+    let previous = previous
+        .iter()
+        .map(|path| read_service_cert(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let files = read_ledger_files(dir)?;
     let snapshot_files = match snapshot_dir(dir, snapshots) {
         Some(snapshots) => read_files(&snapshots, "snapshot", |name| {
@@ -80,7 +89,7 @@ pub fn ledger(dir: &Path, service_cert: &Path, snapshots: Option<&Path>) -> Resu
         })?,
         None => Vec::new(),
     };
-    let summary = verify_ledger_with_snapshots(&files, &snapshot_files, &service_cert)
+    let summary = verify_recovered_ledger(&files, &snapshot_files, &service_cert, &previous)
         .map_err(|failure| failure.to_string())?;
     println!("{summary}");
     Ok(())

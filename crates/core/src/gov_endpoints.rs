@@ -370,13 +370,15 @@ fn submit_share(
 ) -> Result<Response, CoreError> {
     match request.header("content-type") {
         Some(kind) if kind.split(';').next().map(str::trim) == Some("application/cose") => {}
-        other => return Ok(Response::error(
-            415,
-            "UnsupportedContentType",
-            format!(
+        other => {
+            return Ok(Response::error(
+                415,
+                "UnsupportedContentType",
+                format!(
                 "recovery shares are COSE Sign1 with content-type application/cose, not {other:?}"
             ),
-        )),
+            ))
+        }
     }
     if !node.is_primary() {
         return Ok(Response::error(

@@ -1902,7 +1902,7 @@ pub const FORWARDED_HEADER: &str = "x-charter-forwarded-by";
 
 /// The Raft configuration the network started with, under [`GENESIS_VOTERS_KEY`]: a JSON list of
 /// Raft IDs.
-pub const RAFT_MAP: &str = "public:charter.internal.raft";
+pub const RAFT_MAP: &str = charter_ledger::tables::RAFT_MAP;
 /// Key of the genesis voters in [`RAFT_MAP`].
 pub const GENESIS_VOTERS_KEY: &[u8] = b"genesis_voters";
 

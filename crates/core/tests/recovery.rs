@@ -79,6 +79,32 @@ fn a_new_service_recovers_public_state_then_private_state_with_a_members_share()
             .genesis_recovery_keys
             .insert(member_id.clone(), public_pem.clone());
     });
+    let shares = |harness: &Harness| -> serde_json::Value {
+        serde_json::from_slice(
+            harness
+                .node
+                .store()
+                .get(
+                    charter_core::RECOVERY_SHARES_MAP,
+                    charter_core::RECOVERY_SHARES_KEY,
+                )
+                .expect("shares are dealt"),
+        )
+        .unwrap()
+    };
+    let genesis_deal = shares(&old);
+    assert_eq!(genesis_deal["members"].as_object().unwrap().len(), 1);
+    // A new recovery member: shares are dealt again, to both.
+    let (_, member1) = harness::cert(31, "member1", false);
+    let member1_key = RecoveryKeyPair::generate(&mut rng);
+    pass(
+        &mut old,
+        serde_json::json!([{"name": "set_member", "args": {
+            "cert": member1.to_pem(), "encryption_pub_key": member1_key.public_key().to_pem()}}]),
+    );
+    let second_deal = shares(&old);
+    assert_eq!(second_deal["members"].as_object().unwrap().len(), 2);
+    assert_ne!(second_deal["ciphertext"], genesis_deal["ciphertext"]);
     let before = old.put("before", b"private before the rekey");
     let user = old.user.clone();
     let response = old.request(
@@ -93,6 +119,10 @@ fn a_new_service_recovers_public_state_then_private_state_with_a_members_share()
         &mut old,
         serde_json::json!([{"name": "trigger_ledger_rekey", "args": {}}]),
     );
+    // A rekey deals again for the new secret.
+    let third_deal = shares(&old);
+    assert_ne!(third_deal["ciphertext"], second_deal["ciphertext"]);
+    assert!(third_deal["secret_start_seqno"].as_u64() > second_deal["secret_start_seqno"].as_u64());
     let after = old.put("after", b"private after the rekey");
     old.tick(200);
     assert_eq!(old.node.tx_status(after), TxStatus::Committed);

@@ -49,7 +49,8 @@ pub use snapshot::{
 };
 pub use txid::{TxId, TxIdParseError};
 pub use verify::{
-    verify_ledger, verify_ledger_with_snapshots, LedgerFile, VerifyFailure, VerifySummary,
+    verify_ledger, verify_ledger_with_snapshots, verify_recovered_ledger, LedgerFile,
+    VerifyFailure, VerifySummary,
 };
 
 /// A SHA-256 digest.

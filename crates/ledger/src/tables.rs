@@ -18,3 +18,9 @@ pub const SNAPSHOT_EVIDENCE_MAP: &str = "public:charter.internal.snapshot_eviden
 /// decimal digits, JSON [`LedgerSecretRecord`](crate::LedgerSecretRecord): the new secret
 /// wrapped for every trusted node, and the previous secret wrapped under the new one.
 pub const LEDGER_SECRETS_MAP: &str = "public:charter.internal.ledger_secrets";
+/// Raft's records: the genesis voters, and for a recovered service under [`RECOVERED_AT_KEY`]
+/// the last seqno of the old ledger it continues.
+pub const RAFT_MAP: &str = "public:charter.internal.raft";
+/// Key in [`RAFT_MAP`] of a recovered service's recovery point (decimal seqno): Raft
+/// configurations before it belong to the lost service.
+pub const RECOVERED_AT_KEY: &[u8] = b"recovered_at";

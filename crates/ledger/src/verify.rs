@@ -180,6 +180,21 @@ pub fn verify_ledger_with_snapshots(
     snapshot_files: &[LedgerFile],
     service_cert: &Certificate,
 ) -> Result<VerifySummary, VerifyFailure> {
+    verify_recovered_ledger(files, snapshot_files, service_cert, &[])
+}
+
+/// Like [`verify_ledger_with_snapshots`] for the ledger of a recovered service: node
+/// certificates endorsed by the current service certificate or by one of the `previous`
+/// service identities it recovered (the old ledger's nodes) are accepted.
+///
+/// # Errors
+/// As [`verify_ledger_with_snapshots`].
+pub fn verify_recovered_ledger(
+    files: &[LedgerFile],
+    snapshot_files: &[LedgerFile],
+    service_cert: &Certificate,
+    previous: &[Certificate],
+) -> Result<VerifySummary, VerifyFailure> {
     let mut snapshots: BTreeMap<u64, (&str, VerifiedSnapshot<'_>)> = BTreeMap::new();
     for file in snapshot_files {
         let Some(seqno) = committed_snapshot_seqno(&file.name) else {
@@ -223,6 +238,17 @@ pub fn verify_ledger_with_snapshots(
         reason: format!("service certificate: {error}"),
     })?;
     let mut verifier = Verifier::new(service_key);
+    for cert in previous {
+        verifier
+            .previous_service_keys
+            .push(cert.public_key().map_err(|error| VerifyFailure {
+                tx_id: None,
+                seqno: None,
+                file: String::new(),
+                offset: 0,
+                reason: format!("previous service certificate: {error}"),
+            })?);
+    }
     let first = chunks[0].0.first;
     let mut started_from = None;
     if first > 1 {
@@ -323,6 +349,8 @@ fn fail_at(seqno: Option<u64>, file: &str, offset: u64, reason: String) -> Verif
 /// The state of a replay, entry by entry, in seqno order.
 struct Verifier<'a> {
     service_key: VerifyingKey,
+    /// Keys of service identities the current one recovered from.
+    previous_service_keys: Vec<VerifyingKey>,
     /// Leaves of every entry so far; leaf `i` is seqno `i + 1`.
     tree: MerkleTree,
     /// Highest view so far.
@@ -363,6 +391,7 @@ impl<'a> Verifier<'a> {
     fn new(service_key: VerifyingKey) -> Verifier<'a> {
         Verifier {
             service_key,
+            previous_service_keys: Vec::new(),
             tree: MerkleTree::new(),
             view: 0,
             nodes: BTreeMap::new(),
@@ -696,6 +725,14 @@ impl<'a> Verifier<'a> {
         let Some(write_set) = write_set else {
             return;
         };
+        let recovered_at = write_set
+            .get(crate::tables::RAFT_MAP, crate::tables::RECOVERED_AT_KEY)
+            .flatten()
+            .and_then(|bytes| std::str::from_utf8(bytes).ok()?.parse::<u64>().ok());
+        if let Some(end) = recovered_at {
+            // A recovered service starts a new configuration after the old ledger.
+            self.conf_changes.retain(|(seqno, _)| *seqno > end);
+        }
         for (name, entries) in &write_set.maps {
             let map = self.public.entry(name.clone()).or_default();
             for (key, value) in entries {
@@ -791,7 +828,10 @@ impl<'a> Verifier<'a> {
                 let cert = Certificate::from_pem(&info.cert).map_err(|error| {
                     location.fail(format!("certificate of node {node_id}: {error}"))
                 })?;
-                cert.verify_signed_by(&self.service_key).map_err(|_| {
+                let endorsed = std::iter::once(&self.service_key)
+                    .chain(&self.previous_service_keys)
+                    .any(|key| cert.verify_signed_by(key).is_ok());
+                endorsed.then_some(()).ok_or(()).map_err(|_| {
                     location.fail(format!(
                         "certificate of node {node_id} is not endorsed by the service certificate"
                     ))

@@ -50,7 +50,7 @@ pub const PREVIOUS_SERVICE_KEY: &[u8] = b"identity";
 /// Written (with the seqno) by the transaction that restored the old private state.
 const PRIVATE_STATE_RESTORED_KEY: &[u8] = b"private_state_restored";
 /// Key in [`RAFT_MAP`] of the last seqno of the old ledger a recovered service continues.
-pub const RECOVERED_AT_KEY: &[u8] = b"recovered_at";
+pub const RECOVERED_AT_KEY: &[u8] = charter_ledger::tables::RECOVERED_AT_KEY;
 /// Who submitted a recovery share, when, and the digest of the signed request (the request
 /// itself, which carries the partial decryption, goes to a private map).
 pub const RECOVERY_SUBMISSIONS_MAP: &str = "public:charter.gov.recovery_submissions";
@@ -159,8 +159,11 @@ impl Node {
         let current: Option<RecoveryShares> = tx
             .get(RECOVERY_SHARES_MAP, RECOVERY_SHARES_KEY)
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-        if current.is_some_and(|shares| shares.inputs_digest == inputs_digest) {
-            return;
+        match &current {
+            Some(shares) if shares.inputs_digest == inputs_digest => return,
+            // Nothing dealt and nothing to deal to.
+            None if members.is_empty() || (members.len() as u32) < threshold => return,
+            _ => {}
         }
         let keys: Vec<RecoveryPublicKey> = members.iter().map(|(_, key)| *key).collect();
         let Ok(dealt) = deal(threshold, &keys, &mut self.rng) else {
