@@ -502,6 +502,29 @@ async fn private_entries_rekeys_and_recovery_from_every_node_lost_with_m_of_n_sh
         "--service-cert",
         path_str(&new_ws.join("service_cert.pem")),
     ]);
+    // The new identity is endorsed by the previous one.
+    let (status, body) = request(&mut user, "GET", "/gov/service/previous-identity", b"").await;
+    assert_eq!(status, 200);
+    let record: Value = serde_json::from_slice(&body).unwrap();
+    let endorsement =
+        charter_crypto::Certificate::from_pem(record["endorsement"].as_str().unwrap()).unwrap();
+    let old_service = charter_crypto::Certificate::from_pem(
+        &std::fs::read_to_string(old_ws.join("service_cert.pem")).unwrap(),
+    )
+    .unwrap();
+    let new_service = charter_crypto::Certificate::from_pem(&new_pem).unwrap();
+    endorsement
+        .verify_signed_by(&old_service.public_key().unwrap())
+        .expect("the previous identity signed the endorsement");
+    assert_eq!(
+        endorsement.public_key().unwrap(),
+        new_service.public_key().unwrap(),
+        "the endorsement is for the new service key"
+    );
+    assert_eq!(
+        record["previous_service_cert"].as_str().unwrap(),
+        old_service.to_pem()
+    );
     // The recovered ledger verifies end to end, the old part against the previous identity.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let verified = charter(&[

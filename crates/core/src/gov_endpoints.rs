@@ -140,6 +140,19 @@ fn service_read(node: &Node, what: &str) -> Response {
             },
             None => Response::error(404, "ResourceNotFound", "no constitution is set"),
         },
+        "previous-identity" => {
+            match tx.get(crate::PREVIOUS_SERVICE_MAP, crate::PREVIOUS_SERVICE_KEY) {
+                Some(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(record) => Response::json(200, &record),
+                    Err(error) => Response::error(500, "InternalError", error.to_string()),
+                },
+                None => Response::error(
+                    404,
+                    "ResourceNotFound",
+                    "this service was not recovered from another",
+                ),
+            }
+        }
         "join-policy" => {
             let keys = |tx: &mut Tx, map: &str| -> Vec<String> {
                 entries(tx, map).into_iter().map(|(key, _)| key).collect()
