@@ -692,6 +692,8 @@ struct CoreLoop {
     next_forward: u64,
     /// Directory of the sealed secrets.
     sealed_dir: PathBuf,
+    /// Seqnos of the configuration-change entries in the ledger.
+    conf_change_seqnos: std::collections::BTreeSet<u64>,
 }
 
 impl CoreLoop {
@@ -864,11 +866,18 @@ impl CoreLoop {
                         }
                     }
                     Action::Forward { id, to, request } => self.forward(id, to, request),
-                    Action::Append { seqno, bytes } => self
-                        .files
-                        .append(seqno, &bytes)
-                        .map_err(|e| e.to_string())?,
+                    Action::Append { seqno, bytes } => {
+                        if charter_ledger::decode_entry(&bytes)
+                            .is_ok_and(|entry| entry.kind == charter_ledger::EntryKind::ConfChange)
+                        {
+                            self.conf_change_seqnos.insert(seqno);
+                        }
+                        self.files
+                            .append(seqno, &bytes)
+                            .map_err(|e| e.to_string())?
+                    }
                     Action::Truncate { from_seqno } => {
+                        let _ = self.conf_change_seqnos.split_off(&from_seqno);
                         self.files.truncate(from_seqno).map_err(|e| e.to_string())?
                     }
                     Action::SaveHardState(state) => {
@@ -883,7 +892,22 @@ impl CoreLoop {
                             // A restarting replica applies the configuration changes up to the
                             // saved commit index: a stale one would leave it with an old
                             // configuration (e.g. the genesis node alone, able to elect itself).
-                            self.files.save_commit(state).map_err(|e| e.to_string())?;
+                            // So a commit index that passes a configuration change is durable
+                            // before anything acts on the new configuration, even across a
+                            // power loss; other advances are written without waiting for the
+                            // disk (they survive a killed process).
+                            let passes_change = self
+                                .conf_change_seqnos
+                                .range(self.hard_state.commit + 1..=state.commit)
+                                .next()
+                                .is_some();
+                            if passes_change {
+                                self.files
+                                    .save_hard_state(state)
+                                    .map_err(|e| e.to_string())?;
+                            } else {
+                                self.files.save_commit(state).map_err(|e| e.to_string())?;
+                            }
                         }
                         self.hard_state = state;
                     }
@@ -1120,6 +1144,13 @@ pub fn run_node(
     node_config.gov_request_window_s = config.gov_request_window_s;
     // Election timeouts differ between nodes even when they start together.
     node_config.seed = charter_core::raft_id(&identity.node_key.verifying_key().id_hex());
+    // Seqnos of configuration-change entries: a commit index that passes one is made durable.
+    let conf_change_seqnos: std::collections::BTreeSet<u64> = loaded
+        .entries
+        .iter()
+        .filter(|entry| entry.kind == charter_core::LogKind::ConfChange)
+        .map(|entry| entry.seqno)
+        .collect();
     let mode = if genesis {
         let load = |paths: &[PathBuf]| -> Result<Vec<Certificate>, NodeError> {
             paths
@@ -1283,6 +1314,7 @@ pub fn run_node(
         forwarded: HashMap::new(),
         next_forward: 0,
         sealed_dir: config.node_dir.join("sealed"),
+        conf_change_seqnos,
     };
     // A first tick gives the core the wall clock before any request arrives.
     core.node
