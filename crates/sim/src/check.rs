@@ -5,11 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use charter_core::{Node, TxStatus};
-use charter_crypto::{Certificate, Digest, LedgerSecret};
+use charter_crypto::{unwrap_from_node, Certificate, Digest, LedgerSecret, SigningKey};
 use charter_kv::{Store, WriteSet};
 use charter_ledger::merkle::MerkleTree;
-use charter_ledger::tables::{SIGNATURES_MAP, SIGNATURE_KEY};
-use charter_ledger::{decode_entry, EntryKind, SignatureRecord, TxId};
+use charter_ledger::tables::{LEDGER_SECRETS_MAP, SIGNATURES_MAP, SIGNATURE_KEY};
+use charter_ledger::{
+    decode_entry, node_wrap_aad, EntryKind, LedgerSecretRecord, LedgerSecrets, SignatureRecord,
+    TxId,
+};
 
 use crate::host::SimNode;
 use crate::Corruption;
@@ -34,7 +37,11 @@ struct SignedRoot {
 pub(crate) struct Checker {
     corruption: Corruption,
     service_cert: Certificate,
-    ledger_secret: LedgerSecret,
+    /// The ledger secrets of the committed ledger, learned from its rekey records with the
+    /// nodes' keys.
+    secrets: LedgerSecrets,
+    /// Keys of every node of the simulation, to unwrap rekeyed secrets.
+    node_keys: Vec<SigningKey>,
     /// The primary seen in each view.
     primaries: BTreeMap<u64, u64>,
     /// The committed ledger all nodes must agree on (entry bytes by seqno - 1).
@@ -56,11 +63,17 @@ pub(crate) struct Checker {
 }
 
 impl Checker {
-    pub fn new(corruption: Corruption, service_cert: Certificate, secret: [u8; 32]) -> Checker {
+    pub fn new(
+        corruption: Corruption,
+        service_cert: Certificate,
+        secret: [u8; 32],
+        node_keys: Vec<SigningKey>,
+    ) -> Checker {
         Checker {
             corruption,
             service_cert,
-            ledger_secret: LedgerSecret::from_bytes(secret),
+            secrets: LedgerSecrets::new(LedgerSecret::from_bytes(secret)),
+            node_keys,
             primaries: BTreeMap::new(),
             canonical: Vec::new(),
             tree: MerkleTree::new(),
@@ -75,6 +88,42 @@ impl Checker {
     }
 
     /// The replayed committed store (the service's committed state).
+    /// The ledger secrets of the committed ledger (what a node admitted now receives).
+    pub fn committed_secrets(&self) -> LedgerSecrets {
+        self.secrets.clone()
+    }
+
+    /// Takes the new secret of each rekey record in a committed write set, unwrapping it with
+    /// the key of a node it was wrapped for; a committed rekey no node can open is a failure.
+    fn learn_secrets(&mut self, write_set: &WriteSet) -> Result<(), String> {
+        let Some(records) = write_set.maps.get(LEDGER_SECRETS_MAP) else {
+            return Ok(());
+        };
+        for value in records.values().flatten() {
+            let record: LedgerSecretRecord =
+                serde_json::from_slice(value).map_err(|error| format!("rekey record: {error}"))?;
+            let opened = self.node_keys.iter().find_map(|key| {
+                let wrapped = record
+                    .wrapped_for_nodes
+                    .get(&key.verifying_key().id_hex())?;
+                let wrapped = hex::decode(wrapped).ok()?;
+                unwrap_from_node(key, &wrapped, &node_wrap_aad(record.start_seqno)).ok()
+            });
+            let secret: [u8; 32] =
+                opened
+                    .and_then(|bytes| bytes.try_into().ok())
+                    .ok_or_else(|| {
+                        format!(
+                            "the rekey from seqno {} opens for no node",
+                            record.start_seqno
+                        )
+                    })?;
+            self.secrets
+                .insert(record.start_seqno, LedgerSecret::from_bytes(secret));
+        }
+        Ok(())
+    }
+
     pub fn committed_store(&self) -> &Store {
         self.replay
             .last()
@@ -192,7 +241,9 @@ impl Checker {
                 entry.tx_id
             ));
         }
-        let write_set = write_set_of(&entry, &bytes, &self.ledger_secret)
+        let write_set = write_set_of(&entry, &bytes, self.secrets.for_seqno(seqno))
+            .map_err(|error| format!("committed entry {seqno}: {error}"))?;
+        self.learn_secrets(&write_set)
             .map_err(|error| format!("committed entry {seqno}: {error}"))?;
         if entry.kind == EntryKind::Signature {
             // Merkle roots agree at each signature: the signed root is the simulator's root over
@@ -291,7 +342,7 @@ impl Checker {
                 };
                 let entry = decode_entry(bytes)
                     .map_err(|error| format!("n{index}'s entry {seqno}: {error}"))?;
-                let write_set = write_set_of(&entry, bytes, &self.ledger_secret)
+                let write_set = write_set_of(&entry, bytes, node.ledger_secrets().for_seqno(seqno))
                     .map_err(|error| format!("n{index}'s entry {seqno}: {error}"))?;
                 if !write_set.is_empty() {
                     expected.apply(&write_set, seqno);
@@ -372,7 +423,8 @@ impl Checker {
                 "n{index}'s receipt for {tx_id} names another entry's write set digest"
             ));
         }
-        if leaf.commit_evidence != charter_ledger::commit_evidence(&self.ledger_secret, tx_id) {
+        let secret = self.secrets.for_seqno(tx_id.seqno);
+        if leaf.commit_evidence != charter_ledger::commit_evidence(secret, tx_id) {
             return Err(format!(
                 "n{index}'s receipt for {tx_id} has the wrong commit evidence"
             ));

@@ -216,6 +216,28 @@ impl SimNode {
         Ok(sim)
     }
 
+    /// A node whose core is not started yet: a joining node waiting for governance to trust
+    /// it (its host starts the core only once admitted, with the secrets it receives).
+    pub fn waiting(config: NodeConfig) -> SimNode {
+        let raft = raft_id(&config.node_key.verifying_key().id_hex());
+        SimNode {
+            config,
+            raft,
+            node: None,
+            volatile: Disk::default(),
+            durable: Disk::default(),
+            unsynced: Vec::new(),
+            syncing: VecDeque::new(),
+            responses: Vec::new(),
+            outbox: Vec::new(),
+            sync_delay_ms: 0,
+            now_ms: 0,
+            clock_offset_ms: 0,
+            wall_offset_s: 0,
+            joiner: true,
+        }
+    }
+
     /// Feeds one input to the node and plays the host for what follows.
     pub fn step(&mut self, input: Input) -> Result<(), String> {
         let Some(node) = self.node.as_mut() else {

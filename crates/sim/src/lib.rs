@@ -165,11 +165,15 @@ pub enum Fault {
     GovRequest,
     /// A member governance request the service refused (stale, not primary, no such proposal).
     GovRequestRefused,
+    /// A proposal that also asks for a ledger rekey.
+    Rekey,
+    /// A rekey that reached the committed ledger (its secret opened with a node's key).
+    RekeyCommitted,
 }
 
 impl Fault {
     /// Every kind, in report order.
-    pub const ALL: [Fault; 19] = [
+    pub const ALL: [Fault; 21] = [
         Fault::MessageLost,
         Fault::MessageDuplicated,
         Fault::MessageBlocked,
@@ -189,6 +193,8 @@ impl Fault {
         Fault::RetirementCommitted,
         Fault::GovRequest,
         Fault::GovRequestRefused,
+        Fault::Rekey,
+        Fault::RekeyCommitted,
     ];
 
     /// A short name for reports.
@@ -213,6 +219,8 @@ impl Fault {
             Fault::RetirementCommitted => "retirements committed",
             Fault::GovRequest => "governance requests accepted",
             Fault::GovRequestRefused => "governance requests refused",
+            Fault::Rekey => "rekeys proposed",
+            Fault::RekeyCommitted => "rekeys committed",
         }
     }
 }

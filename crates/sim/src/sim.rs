@@ -10,10 +10,10 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::check::{Checker, Write};
-use crate::host::{Disk, SimNode};
+use crate::host::SimNode;
 use crate::setup::{
-    baseline, gov_request, join_request, node_config, service_cert, Member, JOINER_SEED,
-    LEDGER_SECRET, UNIX_TIME_S,
+    baseline, gov_request, join_request, node_config, service_cert, Member, FOUNDING_NODE_SEEDS,
+    JOINER_SEED, LEDGER_SECRET, UNIX_TIME_S,
 };
 use crate::{Corruption, CrashPoint, Failure, Fault, FaultCounts, Options, Report};
 
@@ -27,6 +27,8 @@ const WRITE_PER_MILLE: u64 = 400;
 const GOV_PER_MILLE: u64 = 40;
 /// Members act more often while a membership change is wanted.
 const GOV_BUSY_PER_MILLE: u64 = 150;
+/// Load proposals that also ask for a ledger rekey.
+const REKEY_PER_MILLE: u64 = 200;
 const JOIN_REQUEST_PER_MILLE: u64 = 150;
 const PARTITION_PER_MILLE: u64 = 15;
 const CRASH_PER_MILLE: u64 = 10;
@@ -113,6 +115,8 @@ pub struct Simulation {
     retire_at_step: Option<u64>,
     /// The joined node's index, once started.
     joiner: Option<usize>,
+    /// Whether the joining node's core started (once admitted).
+    joiner_started: bool,
     trust_wanted: Option<usize>,
     retire_wanted: Option<usize>,
     retired: BTreeSet<usize>,
@@ -176,10 +180,20 @@ impl Simulation {
             pending_crash: None,
             faults: FaultCounts::default(),
             writes: Vec::new(),
-            checker: Checker::new(options.corruption, service_cert(), LEDGER_SECRET),
+            checker: Checker::new(
+                options.corruption,
+                service_cert(),
+                LEDGER_SECRET,
+                FOUNDING_NODE_SEEDS
+                    .iter()
+                    .chain([&JOINER_SEED])
+                    .map(|seed| node_config(*seed).node_key)
+                    .collect(),
+            ),
             join_at_step: None,
             retire_at_step: None,
             joiner: None,
+            joiner_started: false,
             trust_wanted: None,
             retire_wanted: None,
             retired: BTreeSet::new(),
@@ -289,7 +303,13 @@ impl Simulation {
             writes_committed: self.checker.committed.len(),
             commit_seqno,
             receipts_checked: self.checker.receipts_checked,
-            faults: self.faults,
+            faults: {
+                let mut faults = self.faults;
+                for _ in 1..self.checker.committed_secrets().len() {
+                    faults.add(Fault::RekeyCommitted);
+                }
+                faults
+            },
         })
     }
 
@@ -487,7 +507,10 @@ impl Simulation {
         {
             let index = self.draw(0, self.nodes.len() as u64 - 1) as usize;
             let delay = self.draw(100, 3000);
-            self.pending_crash = Some((index, delay, 50));
+            // A joining node whose core has not started yet has nothing to crash.
+            if self.nodes[index].node.is_some() {
+                self.pending_crash = Some((index, delay, 50));
+            }
         }
         if let Some((index, delay, left)) = self.pending_crash.take() {
             if self.crash_point_reached(index) {
@@ -792,12 +815,8 @@ impl Simulation {
             config.signature_interval_ms = SIGNATURE_INTERVAL_MS;
             config.unsafe_commit_before_majority = self.options.unsafe_commit_before_majority;
             self.node_ids.push(config.node_key.verifying_key().id_hex());
-            let mut node = SimNode::start(
-                config,
-                StartMode::Join { snapshot: None },
-                Disk::default(),
-                true,
-            )?;
+            // The joining node's core starts once governance trusts it (see below).
+            let mut node = SimNode::waiting(config);
             node.now_ms = self.now_ms;
             self.nodes.push(node);
             let index = self.nodes.len() - 1;
@@ -806,6 +825,17 @@ impl Simulation {
             self.trace(format!("n{index} starts and asks to join"));
         }
         if let Some(joiner) = self.joiner {
+            let admitted = matches!(
+                self.committed_status(joiner),
+                Some(NodeStatus::Trusted | NodeStatus::Retired)
+            );
+            if admitted && self.nodes[joiner].node.is_none() && !self.joiner_started {
+                // Admitted: its host receives the committed ledger secrets and starts the core.
+                self.joiner_started = true;
+                self.nodes[joiner].config.ledger_secrets = self.checker.committed_secrets();
+                self.nodes[joiner].restart()?;
+                self.trace(format!("n{joiner} is admitted and starts"));
+            }
             match self.committed_status(joiner) {
                 None => {
                     if self.chance(JOIN_REQUEST_PER_MILLE) {
@@ -936,10 +966,16 @@ impl Simulation {
         let action = match purpose {
             Purpose::Load => {
                 self.load_proposals += 1;
-                serde_json::json!({"name": "set_user_data", "args": {
+                let action = serde_json::json!({"name": "set_user_data", "args": {
                     "user_id": self.user.fingerprint_hex(),
                     "user_data": {"role": "Administrator", "revision": self.load_proposals},
-                }})
+                }});
+                if self.chance(REKEY_PER_MILLE) {
+                    self.faults.add(Fault::Rekey);
+                    serde_json::json!([action, {"name": "trigger_ledger_rekey", "args": {}}])
+                } else {
+                    action
+                }
             }
             Purpose::Trust(index) => serde_json::json!({
                 "name": "transition_node_to_trusted", "args": {"node_id": self.node_ids[index]}
@@ -948,7 +984,11 @@ impl Simulation {
                 "name": "remove_node", "args": {"node_id": self.node_ids[index]}
             }),
         };
-        let payload = serde_json::json!({ "actions": [action] }).to_string();
+        let actions = match action {
+            serde_json::Value::Array(actions) => actions,
+            action => vec![action],
+        };
+        let payload = serde_json::json!({ "actions": actions }).to_string();
         let path = "/gov/members/proposals:create";
         let Some((200, json)) =
             self.member_request(member, path, "proposal", None, payload.as_bytes())?
