@@ -271,6 +271,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             raft_tick_ms: 100,
             body_bytes_max: 1 << 20,
             gov_request_window_s: 300,
+            read_only_ledger_dirs: Vec::new(),
         };
         config.node_address()?;
         let config_path = dir.join("config.json");

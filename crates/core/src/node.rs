@@ -1796,13 +1796,6 @@ impl Node {
         {
             return Historical::Unknown;
         }
-        if tx_id.seqno <= self.base_seqno {
-            return Historical::Corrupt(format!(
-                "this node started from a snapshot at seqno {} and holds no ledger entry up to \
-                 it; ask a node that holds the whole ledger",
-                self.base_seqno
-            ));
-        }
         if let Some(found) = self.historical.get(tx_id.seqno) {
             return found;
         }
@@ -1822,7 +1815,18 @@ impl Node {
             return;
         }
         let result = (|| -> Result<HistoricalTx, String> {
-            let bytes = bytes.ok_or("the ledger files do not hold this entry")?;
+            let bytes = bytes.ok_or_else(|| {
+                if seqno <= self.base_seqno {
+                    format!(
+                        "this node started from a snapshot at seqno {} and its ledger files do \
+                         not hold the entries up to it: give it another node's ledger in \
+                         read_only_ledger_dirs, or ask a node that holds the whole ledger",
+                        self.base_seqno
+                    )
+                } else {
+                    "the ledger files do not hold this entry".to_owned()
+                }
+            })?;
             let entry = decode_entry(&bytes).map_err(|error| error.to_string())?;
             if entry.tx_id.seqno != seqno {
                 return Err(format!(

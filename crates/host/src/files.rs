@@ -75,6 +75,8 @@ pub struct LedgerFiles {
     /// Whether any chunk file exists.
     has_chunks: bool,
     snapshots: SnapshotFiles,
+    /// Other nodes' ledger directories, read (never written) for entries this one lacks.
+    read_only: Vec<PathBuf>,
 }
 
 const HARD_STATE_FILE: &str = "raft_state.json";
@@ -109,6 +111,7 @@ impl LedgerFiles {
             next_seqno: first_seqno,
             has_chunks: !chunks.is_empty(),
             snapshots: SnapshotFiles::new(&snapshot_dir_for(dir)),
+            read_only: Vec::new(),
         };
         let count = chunks.len();
         for (index, (name, path)) in chunks.into_iter().enumerate() {
@@ -224,32 +227,56 @@ impl LedgerFiles {
         assert!(from <= to);
         // Entries still in the write buffer are read from the file only once written.
         self.flush()?;
-        let mut chunks: Vec<ChunkName> = Vec::new();
-        for item in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let item = item.map_err(io(&self.dir))?;
-            if let Some(name) = item.file_name().to_str().and_then(ChunkName::parse) {
-                chunks.push(name);
-            }
-        }
-        chunks.sort();
         let mut found: std::collections::BTreeMap<u64, Vec<u8>> = std::collections::BTreeMap::new();
-        for name in chunks {
-            let last = name.last.unwrap_or(u64::MAX);
-            if last < from || name.first > to {
-                continue;
+        // This node's own files first; then the read-only directories for what is missing
+        // (the core checks every entry against its Merkle tree).
+        let own = std::iter::once(self.dir.clone());
+        for (index, dir) in own.chain(self.read_only.iter().cloned()).enumerate() {
+            if index > 0 && (from..=to).all(|seqno| found.contains_key(&seqno)) {
+                break;
             }
-            let path = self.dir.join(name.file_name());
-            let Ok(bytes) = fs::read(&path) else { continue };
-            let (frames, _) = parse_frames(&bytes, Some(name.first));
-            for frame in frames {
-                if (from..=to).contains(&frame.seqno) {
-                    found.insert(frame.seqno, frame.payload.to_vec());
+            let listing = match fs::read_dir(&dir) {
+                Ok(listing) => listing,
+                Err(error) if index == 0 => return Err(io(&dir)(error)),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), %error, "read-only ledger directory unreadable");
+                    continue;
+                }
+            };
+            let mut chunks: Vec<ChunkName> = Vec::new();
+            for item in listing {
+                let item = item.map_err(io(&dir))?;
+                if let Some(name) = item.file_name().to_str().and_then(ChunkName::parse) {
+                    chunks.push(name);
+                }
+            }
+            chunks.sort();
+            for name in chunks {
+                let last = name.last.unwrap_or(u64::MAX);
+                if last < from || name.first > to {
+                    continue;
+                }
+                let path = dir.join(name.file_name());
+                let Ok(bytes) = fs::read(&path) else { continue };
+                let (frames, _) = parse_frames(&bytes, Some(name.first));
+                for frame in frames {
+                    if (from..=to).contains(&frame.seqno) {
+                        found
+                            .entry(frame.seqno)
+                            .or_insert_with(|| frame.payload.to_vec());
+                    }
                 }
             }
         }
         Ok((from..=to)
             .map(|seqno| (seqno, found.remove(&seqno)))
             .collect())
+    }
+
+    /// Other nodes' ledger directories to read historical entries from when this node's own
+    /// files lack them (it started from a snapshot).
+    pub fn set_read_only_dirs(&mut self, dirs: Vec<PathBuf>) {
+        self.read_only = dirs;
     }
 
     /// Seqno the next append must have.

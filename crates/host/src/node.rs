@@ -126,6 +126,10 @@ pub struct NodeFileConfig {
     /// clock (default 300).
     #[serde(default = "default_gov_window")]
     pub gov_request_window_s: u64,
+    /// Other nodes' ledger directories (copies), read for historical queries about
+    /// transactions this node's own ledger lacks because it started from a snapshot.
+    #[serde(default)]
+    pub read_only_ledger_dirs: Vec<PathBuf>,
 }
 
 impl NodeFileConfig {
@@ -1268,6 +1272,7 @@ pub fn run_node(
             snapshot,
         })
     };
+    files.set_read_only_dirs(config.read_only_ledger_dirs.clone());
     let mut actions = Vec::new();
     let mut node = Node::new(node_config, mode, &mut actions).map_err(|error| error.to_string())?;
     for app in charter_apps::all() {
