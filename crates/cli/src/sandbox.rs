@@ -36,6 +36,9 @@ pub struct SandboxArgs {
     /// Seconds to wait for the network to answer.
     #[arg(long, default_value_t = 60)]
     pub startup_timeout_s: u64,
+    /// Genesis file of the Ethereum chain, for every node (default: the development chain).
+    #[arg(long)]
+    pub evm_genesis: Option<PathBuf>,
 }
 
 const MEMBERS: usize = 3;
@@ -169,6 +172,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
         make_identity(&workspace, &format!("user{index}"))?;
     }
     let service_cert_path = workspace.join("service_cert.pem");
+    let evm_genesis = args.evm_genesis.as_deref().map(absolute).transpose()?;
     let first_address: SocketAddr = ([127, 0, 0, 1], args.port).into();
     let mut nodes = Vec::new();
     for index in 0..args.nodes {
@@ -204,6 +208,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             raft_tick_ms: 100,
             body_bytes_max: 1 << 20,
             gov_request_window_s: 300,
+            evm_genesis: evm_genesis.clone(),
         };
         config.node_address()?;
         let config_path = dir.join("config.json");

@@ -128,10 +128,14 @@ impl ChainConfig {
         }
     }
 
-    /// Parses a genesis file in geth's format (the fields this chain uses):
+    /// Parses a genesis file in geth's format (the fields this chain uses; others, such as
+    /// geth's fork blocks, are ignored):
     /// `{"config": {"chainId": 1337}, "timestamp": "0x0", "alloc": {"0xADDRESS": {"balance":
     /// "0x...", "nonce": "0x0", "code": "0x...", "storage": {"0xSLOT": "0xVALUE"}}}}`.
-    /// Numbers may be JSON numbers, hex strings or decimal strings.
+    /// Only `config.chainId` is required; in an account every field is optional (zero balance
+    /// and nonce, no code, no storage). Numbers may be JSON numbers, hex strings or decimal
+    /// strings; addresses may omit `0x`. The node reads the file named by `evm_genesis` in its
+    /// configuration with this.
     ///
     /// # Errors
     /// [`EvmError::Corrupt`] naming the first field that does not parse, or
@@ -192,12 +196,19 @@ fn genesis_account(entry: &serde_json::Value) -> Result<GenesisAccount, String> 
             .ok_or("nonce")?,
         None => 0,
     };
-    let code = match entry.get("code").and_then(serde_json::Value::as_str) {
-        Some(code) => hex::decode(code.trim_start_matches("0x")).map_err(|_| "code")?,
+    if !entry.is_object() {
+        return Err("an account is not a JSON object".into());
+    }
+    let code = match entry.get("code") {
+        Some(serde_json::Value::String(code)) => {
+            hex::decode(code.trim_start_matches("0x")).map_err(|_| "code")?
+        }
+        Some(_) => return Err("code is not a hex string".into()),
         None => Vec::new(),
     };
     let mut storage = BTreeMap::new();
-    if let Some(slots) = entry.get("storage").and_then(serde_json::Value::as_object) {
+    if let Some(slots) = entry.get("storage") {
+        let slots = slots.as_object().ok_or("storage is not an object")?;
         if slots.len() > GENESIS_SLOTS_MAX {
             return Err(format!("at most {GENESIS_SLOTS_MAX} storage slots"));
         }
@@ -811,5 +822,19 @@ mod tests {
             br#"{"config": {"chainId": 1}, "alloc": {"0x12": {}}}"#
         )
         .is_err());
+        let account = |body: &str| {
+            let json = format!(
+                r#"{{"config": {{"chainId": 1}}, "alloc": {{"0x0000000000000000000000000000000000000042": {body}}}}}"#
+            );
+            ChainConfig::from_genesis_json(json.as_bytes())
+        };
+        assert!(account("{}").is_ok());
+        assert!(account("7").is_err());
+        assert!(account(r#"{"code": 7}"#).is_err());
+        assert!(account(r#"{"code": "0xzz"}"#).is_err());
+        assert!(account(r#"{"storage": []}"#).is_err());
+        assert!(account(r#"{"storage": {"0x01": "x"}}"#).is_err());
+        assert!(account(r#"{"balance": -1}"#).is_err());
+        assert!(account(r#"{"nonce": "0x10000000000000000"}"#).is_err());
     }
 }

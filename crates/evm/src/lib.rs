@@ -61,7 +61,8 @@
 //! the genesis allocation of the app's [`chain::ChainConfig`] as its own Charter transaction.
 //! [`EthereumApp::dev`] uses [`chain::ChainConfig::dev`]: chain ID `0x4348` and the ten
 //! Hardhat/Anvil development accounts funded; [`chain::ChainConfig::from_genesis_json`] reads a
-//! geth-style genesis file for [`EthereumApp::new`].
+//! geth-style genesis file for [`EthereumApp::new`]: the node does so at start for the file its
+//! configuration names in `evm_genesis`, and uses [`EthereumApp::dev`] when it names none.
 
 #![deny(missing_docs)]
 

@@ -823,3 +823,95 @@ fn followers_refuse_writes_but_answer_reads() {
     );
     assert_eq!(ledger.commits(), 1);
 }
+
+/// A chain from a genesis file, as the node's `evm_genesis` gives it: its chain ID, a funded
+/// account that can send, and a contract with code and storage that calls read.
+#[test]
+fn genesis_file_chain() {
+    let funded = Account::seeded(42);
+    // Returns storage slot 0: PUSH1 0 SLOAD PUSH1 0 MSTORE PUSH1 32 PUSH1 0 RETURN.
+    let code = "0x60005460005260206000f3";
+    let contract = "0x00000000000000000000000000000000000c0de0";
+    let genesis = format!(
+        r#"{{"config": {{"chainId": 1337, "berlinBlock": 0}}, "timestamp": "0x6553f100",
+            "alloc": {{"{}": {{"balance": "5000000000000000000"}},
+                      "{contract}": {{"code": "{code}", "nonce": "0x1",
+                                      "storage": {{"0x0": "0x2a"}}}}}}}}"#,
+        funded.address_hex()
+    );
+    let config = charter_evm::chain::ChainConfig::from_genesis_json(genesis.as_bytes()).unwrap();
+    let app = EthereumApp::new(config);
+    let mut ledger = MemoryLedger::new(ALICE);
+    assert_eq!(
+        rpc(&app, &mut ledger, "eth_chainId", json!([])).unwrap(),
+        "0x539"
+    );
+    let block = rpc(
+        &app,
+        &mut ledger,
+        "eth_getBlockByNumber",
+        json!(["0x0", false]),
+    )
+    .unwrap();
+    assert_eq!(block["timestamp"], "0x6553f100");
+    assert_eq!(
+        rpc(
+            &app,
+            &mut ledger,
+            "eth_getCode",
+            json!([contract, "latest"])
+        )
+        .unwrap(),
+        code
+    );
+    assert_eq!(
+        hex_u256(
+            &rpc(
+                &app,
+                &mut ledger,
+                "eth_getStorageAt",
+                json!([contract, "0x0", "latest"])
+            )
+            .unwrap()
+        ),
+        U256::from(42)
+    );
+    assert_eq!(
+        rpc(
+            &app,
+            &mut ledger,
+            "eth_getTransactionCount",
+            json!([contract, "latest"])
+        )
+        .unwrap(),
+        "0x1"
+    );
+    let output = rpc(
+        &app,
+        &mut ledger,
+        "eth_call",
+        json!([{"to": contract}, "latest"]),
+    )
+    .unwrap();
+    assert_eq!(hex_u256(&output), U256::from(42));
+    // The development accounts are not funded on this chain.
+    assert_eq!(
+        balance(&app, &mut ledger, &Account::dev(0).address_hex()),
+        U256::ZERO
+    );
+    // The funded account sends on chain 1337 (and not with a development-chain signature).
+    let to = Account::seeded(43).address;
+    let wrong_chain = funded.sign(&tx(0, Some(to), 1_000, Vec::new(), 21_000));
+    let error = send(&app, &mut ledger, &wrong_chain).unwrap_err();
+    assert!(
+        error["message"].as_str().unwrap().contains("chain"),
+        "{error}"
+    );
+    let mut unsigned = tx(0, Some(to), 1_000, Vec::new(), 21_000);
+    unsigned.chain_id = 1337;
+    send(&app, &mut ledger, &funded.sign(&unsigned)).unwrap();
+    assert_eq!(
+        balance(&app, &mut ledger, &funded.address_hex()),
+        U256::from(5_000_000_000_000_000_000u128 - 1_000)
+    );
+}

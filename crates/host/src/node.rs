@@ -82,6 +82,11 @@ pub struct NodeFileConfig {
     /// clock (default 300).
     #[serde(default = "default_gov_window")]
     pub gov_request_window_s: u64,
+    /// Genesis file of the Ethereum adapter's chain (chain ID and allocations, format in the
+    /// README); absent, the development chain that funds the Hardhat/Anvil accounts. Every node
+    /// of a network must name the same file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evm_genesis: Option<PathBuf>,
 }
 
 impl NodeFileConfig {
@@ -571,6 +576,17 @@ impl Handler for CoreHandler {
             }
         })
     }
+}
+
+/// The Ethereum adapter for the chain in `genesis` (a file), or for the development chain.
+fn ethereum_app(genesis: Option<&Path>) -> Result<charter_evm::EthereumApp, NodeError> {
+    let Some(path) = genesis else {
+        return Ok(charter_evm::EthereumApp::dev());
+    };
+    let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let config = charter_evm::chain::ChainConfig::from_genesis_json(&bytes)
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok(charter_evm::EthereumApp::new(config))
 }
 
 fn unix_time_s() -> u64 {
@@ -1064,7 +1080,7 @@ pub fn run_node(
     for app in charter_apps::all() {
         node.register_app(app);
     }
-    node.register_app(Box::new(charter_evm::EthereumApp::dev()));
+    node.register_app(Box::new(ethereum_app(config.evm_genesis.as_deref())?));
 
     // Node channels: only nodes the ledger trusts may connect.
     let trusted: Arc<RwLock<HashSet<String>>> = Arc::default();
