@@ -24,7 +24,8 @@
 //! covered by Charter receipts (the Ethereum receipt names it in `charterTransactionId`). There
 //! is no mempool: a transaction whose nonce is not the sender's next one is refused, not queued.
 //! Each Ethereum transaction is its own block, and the block number is the number of Ethereum
-//! transactions executed so far ([`chain`] has the details). Gas is metered as on Ethereum but
+//! transactions executed so far; a block's timestamp is the primary's clock when it executed
+//! the transaction, never earlier than its parent's ([`chain`] has the details). Gas is metered as on Ethereum but
 //! the base fee is zero and `eth_gasPrice` is zero; a transaction may still offer a price, which
 //! is charged and paid to the zero address.
 //!
@@ -102,6 +103,9 @@ pub trait Ledger {
     fn begin(&self) -> Tx;
     /// The TxID the next [`Ledger::commit`] will get.
     fn next_tx_id(&self) -> TxId;
+    /// The primary's wall clock in seconds since the Unix epoch, for block timestamps (an input
+    /// of the deterministic core: [`AppContext::unix_time_s`]).
+    fn unix_time_s(&self) -> u64;
     /// Writes `tx` as the next Charter transaction.
     ///
     /// # Errors
@@ -131,6 +135,10 @@ impl Ledger for AppLedger<'_, '_> {
         self.ctx.next_tx_id()
     }
 
+    fn unix_time_s(&self) -> u64 {
+        self.ctx.unix_time_s()
+    }
+
     fn commit(&mut self, tx: Tx) -> Result<TxId, CoreError> {
         self.ctx.commit(tx, [0; 32])
     }
@@ -156,6 +164,9 @@ pub struct MemoryLedger {
     pub caller: String,
     /// Whether writes are allowed (a primary) or refused as on a follower.
     pub primary: bool,
+    /// The clock block timestamps are taken from, in seconds since the Unix epoch (zero: blocks
+    /// keep the genesis timestamp).
+    pub unix_time_s: u64,
     seqno: u64,
 }
 
@@ -166,6 +177,7 @@ impl MemoryLedger {
             store: Store::new(),
             caller: caller.to_owned(),
             primary: true,
+            unix_time_s: 0,
             seqno: 0,
         }
     }
@@ -192,6 +204,10 @@ impl Ledger for MemoryLedger {
 
     fn next_tx_id(&self) -> TxId {
         TxId::new(1, self.seqno + 1)
+    }
+
+    fn unix_time_s(&self) -> u64 {
+        self.unix_time_s
     }
 
     fn commit(&mut self, tx: Tx) -> Result<TxId, CoreError> {

@@ -248,6 +248,7 @@ impl<'a> Server<'a> {
             return self.send_raw_transaction(ledger, params);
         }
         let caller = ledger.caller_id().to_owned();
+        let now_s = ledger.unix_time_s();
         let mut tx = ledger.begin();
         let tx = &mut tx;
         let result = match method {
@@ -271,8 +272,8 @@ impl<'a> Server<'a> {
             }),
             "eth_getCode" => self.get_code(tx, params),
             "eth_getStorageAt" => self.get_storage_at(tx, params),
-            "eth_call" => self.call(tx, params, &caller),
-            "eth_estimateGas" => self.estimate_gas(tx, params, &caller),
+            "eth_call" => self.call(tx, params, &caller, now_s),
+            "eth_estimateGas" => self.estimate_gas(tx, params, &caller, now_s),
             "eth_getTransactionByHash" => {
                 self.with_visible_transaction(tx, params, &caller, transaction_json)
             }
@@ -316,9 +317,10 @@ impl<'a> Server<'a> {
         let mut tx = ledger.begin();
         let charter_tx_id = ledger.next_tx_id().to_string();
         let caller = ledger.caller_id().to_owned();
+        let now_s = ledger.unix_time_s();
         match self
             .executor
-            .execute(&mut tx, &signed, &raw, &caller, charter_tx_id)
+            .execute(&mut tx, &signed, &raw, &caller, charter_tx_id, now_s)
         {
             Ok(_) => {
                 ledger.commit(tx)?;
@@ -372,17 +374,17 @@ impl<'a> Server<'a> {
         Ok(json!(hash_hex(&B256::from(value.to_be_bytes::<32>()))))
     }
 
-    fn call(&self, tx: &mut Tx, params: &[Value], caller: &str) -> CallResult {
+    fn call(&self, tx: &mut Tx, params: &[Value], caller: &str, now_s: u64) -> CallResult {
         let request = call_request(params.first())?;
         self.check_latest(tx, params.get(1))?;
-        let (output, _) = self.executor.call(tx, &request, caller)?;
+        let (output, _) = self.executor.call(tx, &request, caller, now_s)?;
         Ok(json!(data_hex(&output)))
     }
 
-    fn estimate_gas(&self, tx: &mut Tx, params: &[Value], caller: &str) -> CallResult {
+    fn estimate_gas(&self, tx: &mut Tx, params: &[Value], caller: &str, now_s: u64) -> CallResult {
         let request = call_request(params.first())?;
         self.check_latest(tx, params.get(1))?;
-        let gas = self.executor.estimate_gas(tx, &request, caller)?;
+        let gas = self.executor.estimate_gas(tx, &request, caller, now_s)?;
         Ok(json!(quantity(gas)))
     }
 

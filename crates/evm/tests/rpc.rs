@@ -915,3 +915,68 @@ fn genesis_file_chain() {
         U256::from(5_000_000_000_000_000_000u128 - 1_000)
     );
 }
+
+/// Block timestamps follow the ledger's clock (the primary's, through the core) and never go
+/// back; `TIMESTAMP` in a call sees the next block's.
+#[test]
+fn block_timestamps_follow_the_clock_and_never_go_back() {
+    let (app, mut ledger) = setup();
+    let alice = Account::dev(0);
+    let to = Account::seeded(9).address;
+    let timestamp_of = |ledger: &mut MemoryLedger, hash: &str| {
+        let receipt = rpc(&app, ledger, "eth_getTransactionReceipt", json!([hash])).unwrap();
+        let block = rpc(
+            &app,
+            ledger,
+            "eth_getBlockByNumber",
+            json!([receipt["blockNumber"], false]),
+        )
+        .unwrap();
+        hex_u256(&block["timestamp"]).to::<u64>()
+    };
+    // Before the core has a clock (zero), blocks keep the genesis timestamp.
+    let first = send(
+        &app,
+        &mut ledger,
+        &alice.sign(&tx(0, Some(to), 1, Vec::new(), 21_000)),
+    )
+    .unwrap();
+    assert_eq!(
+        timestamp_of(&mut ledger, &first),
+        charter_evm::chain::DEV_GENESIS_TIMESTAMP
+    );
+    ledger.unix_time_s = 1_800_000_000;
+    let second = send(
+        &app,
+        &mut ledger,
+        &alice.sign(&tx(1, Some(to), 1, Vec::new(), 21_000)),
+    )
+    .unwrap();
+    assert_eq!(timestamp_of(&mut ledger, &second), 1_800_000_000);
+    // A clock that goes back (a new primary's, say) does not take timestamps back.
+    ledger.unix_time_s = 1_700_000_000;
+    let third = send(
+        &app,
+        &mut ledger,
+        &alice.sign(&tx(2, Some(to), 1, Vec::new(), 21_000)),
+    )
+    .unwrap();
+    assert_eq!(timestamp_of(&mut ledger, &third), 1_800_000_000);
+    // TIMESTAMP in eth_call: PUSH the timestamp, store it, return 32 bytes (as init code).
+    ledger.unix_time_s = 1_800_000_123;
+    let output = rpc(
+        &app,
+        &mut ledger,
+        "eth_call",
+        json!([{"data": "0x4260005260206000f3"}, "latest"]),
+    )
+    .unwrap();
+    assert_eq!(hex_u256(&output), U256::from(1_800_000_123u64));
+    let fourth = send(
+        &app,
+        &mut ledger,
+        &alice.sign(&tx(3, Some(to), 1, Vec::new(), 21_000)),
+    )
+    .unwrap();
+    assert_eq!(timestamp_of(&mut ledger, &fourth), 1_800_000_123);
+}
