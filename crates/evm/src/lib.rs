@@ -67,6 +67,8 @@
 
 #![deny(missing_docs)]
 
+use std::sync::Arc;
+
 use charter_core::{AppContext, Application, CoreError, Method, Request, Response};
 use charter_kv::{Store, Tx};
 use charter_ledger::TxId;
@@ -74,6 +76,7 @@ use charter_ledger::TxId;
 pub mod chain;
 mod error;
 pub mod rpc;
+pub mod senders;
 pub mod state;
 pub mod transaction;
 
@@ -81,6 +84,10 @@ pub use error::{revert_reason, EvmError};
 
 /// The path the JSON-RPC is served at, below `/app`.
 pub const RPC_PATH: &str = "/ethereum";
+/// The full path of the JSON-RPC, for the host ([`senders::SenderCache::prepare`]).
+pub const RPC_FULL_PATH: &str = "/app/ethereum";
+/// The header naming the Charter transaction a request wrote (the last, for a batch).
+pub const TX_ID_HEADER: &str = "x-ms-ccf-transaction-id";
 /// Uncommitted transactions past which writes answer 503 with a retry hint (the same bound as
 /// the other applications).
 pub const UNCOMMITTED_ENTRIES_MAX: u64 = 200_000;
@@ -120,6 +127,8 @@ pub trait Ledger {
 
 struct AppLedger<'c, 'n> {
     ctx: &'c mut AppContext<'n>,
+    /// The last transaction this request wrote, for the response's TxID header.
+    written: Option<TxId>,
 }
 
 impl Ledger for AppLedger<'_, '_> {
@@ -140,7 +149,9 @@ impl Ledger for AppLedger<'_, '_> {
     }
 
     fn commit(&mut self, tx: Tx) -> Result<TxId, CoreError> {
-        self.ctx.commit(tx, [0; 32])
+        let tx_id = self.ctx.commit(tx, [0; 32])?;
+        self.written = Some(tx_id);
+        Ok(tx_id)
     }
 
     fn can_write(&self) -> Result<(), WriteRefusal> {
@@ -236,6 +247,7 @@ impl Ledger for MemoryLedger {
 pub struct EthereumApp {
     config: chain::ChainConfig,
     code_cache: state::CodeCache,
+    senders: Arc<senders::SenderCache>,
 }
 
 impl EthereumApp {
@@ -244,6 +256,7 @@ impl EthereumApp {
         EthereumApp {
             config,
             code_cache: state::CodeCache::default(),
+            senders: Arc::new(senders::SenderCache::new()),
         }
     }
 
@@ -257,12 +270,18 @@ impl EthereumApp {
         &self.config
     }
 
+    /// The cache of senders recovered ahead of the core, for the host to fill with
+    /// [`senders::SenderCache::prepare`] on its own threads (see [`senders`] for the design).
+    pub fn senders(&self) -> Arc<senders::SenderCache> {
+        Arc::clone(&self.senders)
+    }
+
     /// Answers the JSON-RPC request `body` against `ledger`.
     ///
     /// # Errors
     /// Only [`CoreError`] from a ledger write.
     pub fn serve(&self, ledger: &mut dyn Ledger, body: &[u8]) -> Result<rpc::Reply, CoreError> {
-        rpc::Server::new(&self.config, &self.code_cache).serve(ledger, body)
+        rpc::Server::new(&self.config, &self.code_cache, &self.senders).serve(ledger, body)
     }
 }
 
@@ -304,7 +323,17 @@ impl Application for EthereumApp {
                 "JSON-RPC takes POST",
             )));
         }
-        let mut ledger = AppLedger { ctx };
-        Some(self.serve(&mut ledger, &request.body).map(http_response))
+        let mut ledger = AppLedger { ctx, written: None };
+        let reply = match self.serve(&mut ledger, &request.body) {
+            Ok(reply) => reply,
+            Err(error) => return Some(Err(error)),
+        };
+        let response = http_response(reply);
+        // As Charter's other write endpoints do: the TxID of the (last) transaction written,
+        // whose status /node/tx reports.
+        Some(Ok(match ledger.written {
+            Some(tx_id) => response.with_header(TX_ID_HEADER, tx_id.to_string()),
+            None => response,
+        }))
     }
 }

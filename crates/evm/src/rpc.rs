@@ -7,6 +7,7 @@ use charter_kv::Tx;
 use serde_json::{json, Value};
 
 use crate::chain::{self, BlockRecord, CallRequest, ChainConfig, Executor, TxRecord};
+use crate::senders::{self, SenderCache};
 use crate::state::{self, CodeCache};
 use crate::transaction::{self, TxType};
 use crate::{EvmError, Ledger, WriteRefusal};
@@ -113,6 +114,7 @@ type CallResult = Result<Value, RpcError>;
 pub struct Server<'a> {
     config: &'a ChainConfig,
     executor: Executor<'a>,
+    senders: &'a SenderCache,
 }
 
 fn error_response(id: Value, error: &RpcError) -> Value {
@@ -120,11 +122,16 @@ fn error_response(id: Value, error: &RpcError) -> Value {
 }
 
 impl<'a> Server<'a> {
-    /// A server for the chain `config`.
-    pub fn new(config: &'a ChainConfig, code_cache: &'a CodeCache) -> Server<'a> {
+    /// A server for the chain `config`, taking senders recovered ahead of time from `senders`.
+    pub fn new(
+        config: &'a ChainConfig,
+        code_cache: &'a CodeCache,
+        senders: &'a SenderCache,
+    ) -> Server<'a> {
         Server {
             config,
             executor: Executor::new(config, code_cache),
+            senders,
         }
     }
 
@@ -310,7 +317,13 @@ impl<'a> Server<'a> {
             Ok(raw) => raw,
             Err(error) => return Ok(Err(error)),
         };
-        let signed = match transaction::decode_signed(&raw) {
+        // A sender the host recovered from these very bytes is what recovery would give again
+        // (see `senders`); otherwise recover it here.
+        let decoded = match self.senders.take(&senders::raw_hash(&raw)) {
+            Some(sender) => transaction::decode_stored(&raw, sender),
+            None => transaction::decode_signed(&raw),
+        };
+        let signed = match decoded {
             Ok(signed) => signed,
             Err(error) => return Ok(Err(error.into())),
         };

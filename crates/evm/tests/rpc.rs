@@ -980,3 +980,49 @@ fn block_timestamps_follow_the_clock_and_never_go_back() {
     .unwrap();
     assert_eq!(timestamp_of(&mut ledger, &fourth), 1_800_000_123);
 }
+
+/// Senders recovered ahead of the core (as the host does on its connection threads) are used
+/// once each, and the chain comes out exactly as without them.
+#[test]
+fn senders_recovered_ahead_give_the_same_chain() {
+    let alice = Account::dev(0);
+    let to = Account::seeded(5).address;
+    let raws: Vec<Vec<u8>> = (0..4)
+        .map(|nonce| alice.sign(&tx(nonce, Some(to), 7, Vec::new(), 21_000)))
+        .collect();
+    let body = |raw: &[u8]| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction",
+               "params": [format!("0x{}", hex::encode(raw))]})
+    };
+    let mut chains = Vec::new();
+    for prepared in [false, true] {
+        let (app, mut ledger) = setup();
+        ledger.unix_time_s = 1_800_000_000;
+        let senders = app.senders();
+        // One single request and one batch of three.
+        let single = body(&raws[0]).to_string();
+        let batch = Value::Array(raws[1..].iter().map(|raw| body(raw)).collect()).to_string();
+        if prepared {
+            assert_eq!(senders.prepare(single.as_bytes()), 1);
+            assert_eq!(senders.prepare(batch.as_bytes()), 3);
+            assert_eq!(senders.len(), 4);
+        }
+        raw_call(&app, &mut ledger, single.as_bytes());
+        raw_call(&app, &mut ledger, batch.as_bytes());
+        assert!(senders.is_empty(), "each sender is taken once");
+        let blocks: Vec<Value> = (0..=4)
+            .map(|number| {
+                rpc(
+                    &app,
+                    &mut ledger,
+                    "eth_getBlockByNumber",
+                    json!([format!("{number:#x}"), true]),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(blocks[4]["transactions"][0]["from"], alice.address_hex());
+        chains.push(blocks);
+    }
+    assert_eq!(chains[0], chains[1]);
+}

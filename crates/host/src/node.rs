@@ -500,6 +500,8 @@ struct CoreHandler {
     snapshot_dir: PathBuf,
     /// The service identity's key: only nodes it endorsed get snapshots.
     service_key: charter_crypto::VerifyingKey,
+    /// Senders of Ethereum transactions, recovered here before the core executes them.
+    ethereum_senders: Arc<charter_evm::senders::SenderCache>,
 }
 
 impl CoreHandler {
@@ -558,6 +560,14 @@ impl Handler for CoreHandler {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
         if request.path == SNAPSHOT_PATH && request.method == charter_core::Method::Get {
             return self.serve_snapshot(&request);
+        }
+        if request.method == charter_core::Method::Post
+            && request.path == charter_evm::RPC_FULL_PATH
+        {
+            // Recovers the senders of signed Ethereum transactions on this connection's thread,
+            // in parallel with the core and other connections, so that the core thread only
+            // executes them (charter_evm::senders says why the core stays deterministic).
+            self.ethereum_senders.prepare(&request.body);
         }
         let (reply, wait) = tokio::sync::oneshot::channel();
         let sent = self.sender.try_send(HostMessage::Request(request, reply));
@@ -1080,7 +1090,9 @@ pub fn run_node(
     for app in charter_apps::all() {
         node.register_app(app);
     }
-    node.register_app(Box::new(ethereum_app(config.evm_genesis.as_deref())?));
+    let ethereum = ethereum_app(config.evm_genesis.as_deref())?;
+    let ethereum_senders = ethereum.senders();
+    node.register_app(Box::new(ethereum));
 
     // Node channels: only nodes the ledger trusts may connect.
     let trusted: Arc<RwLock<HashSet<String>>> = Arc::default();
@@ -1183,6 +1195,7 @@ pub fn run_node(
             .service_cert
             .public_key()
             .map_err(|error| format!("service certificate: {error}"))?,
+        ethereum_senders,
     });
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.rpc_address)
