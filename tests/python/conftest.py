@@ -92,7 +92,8 @@ def sandbox3(tmp_path_factory):
     yield from _run_sandbox(tmp_path_factory, nodes=3)
 
 
-def _run_sandbox(tmp_path_factory, nodes):
+def _run_sandbox(tmp_path_factory, nodes, extra_args=()):
+    """Starts `charter sandbox` with `nodes` nodes (and `extra_args`), yields a `Sandbox`."""
     binary = Path(os.environ.get("CHARTER_BIN", DEFAULT_BIN))
     if not binary.exists():
         pytest.fail(f"charter binary not found at {binary}; run `cargo build -p charter-cli` or set CHARTER_BIN")
@@ -113,6 +114,7 @@ def _run_sandbox(tmp_path_factory, nodes):
             str(port),
             "--signature-interval-ms",
             "50",
+            *extra_args,
         ],
         stdin=subprocess.DEVNULL,
         stdout=log,

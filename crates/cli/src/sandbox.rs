@@ -41,6 +41,9 @@ pub struct SandboxArgs {
     /// service and submit their recovery shares, then the other nodes join.
     #[arg(long)]
     pub recover: Option<PathBuf>,
+    /// Genesis file of the Ethereum chain, for every node (default: the development chain).
+    #[arg(long)]
+    pub evm_genesis: Option<PathBuf>,
 }
 
 const MEMBERS: usize = 3;
@@ -222,6 +225,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
         make_identity(&workspace, &format!("user{index}"))?;
     }
     let service_cert_path = workspace.join("service_cert.pem");
+    let evm_genesis = args.evm_genesis.as_deref().map(absolute).transpose()?;
     let first_address: SocketAddr = ([127, 0, 0, 1], args.port).into();
     let mut nodes = Vec::new();
     for index in 0..args.nodes {
@@ -272,6 +276,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             body_bytes_max: 1 << 20,
             gov_request_window_s: 300,
             read_only_ledger_dirs: Vec::new(),
+            evm_genesis: evm_genesis.clone(),
         };
         config.node_address()?;
         let config_path = dir.join("config.json");

@@ -88,6 +88,14 @@ impl AppContext<'_> {
         )
     }
 
+    /// The host's wall clock as of its last tick, in seconds since the Unix epoch (zero before
+    /// the first tick). It is an input of the core, not read by it, so replaying the same inputs
+    /// gives the same value; it may stand still or, after a failover to a node whose clock is
+    /// behind, go back, so an application that needs monotonic time must enforce it.
+    pub fn unix_time_s(&self) -> u64 {
+        self.node.unix_time_s()
+    }
+
     /// The TxID the next [`AppContext::commit`] on this node will get (for claims that name it).
     pub fn next_tx_id(&self) -> TxId {
         self.node.next_tx_id()

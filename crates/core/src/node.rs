@@ -39,8 +39,8 @@ pub enum Input {
     Tick {
         /// Milliseconds since an arbitrary fixed origin; never decreases.
         now_ms: u64,
-        /// The host's wall clock in seconds since the Unix epoch, used only to judge the
-        /// freshness of signed governance requests.
+        /// The host's wall clock in seconds since the Unix epoch, used to judge the freshness
+        /// of signed governance requests and given to applications (block timestamps).
         unix_time_s: u64,
     },
     /// An authenticated client request.

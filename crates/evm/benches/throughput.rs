@@ -124,8 +124,12 @@ fn main() {
         });
     }
 
-    for token in [false, true] {
-        let mut harness = harness::Harness::with_apps(vec![Box::new(EthereumApp::dev())]);
+    // Through a node core, then with the senders recovered ahead on two other threads, as the
+    // host does on its connection threads (the core thread then only executes).
+    for (token, prepared) in [(false, false), (true, false), (false, true), (true, true)] {
+        let app = EthereumApp::dev();
+        let senders = app.senders();
+        let mut harness = harness::Harness::with_apps(vec![Box::new(app)]);
         let user = harness.user.clone();
         let token_address = token.then(|| {
             let response = harness.request(Method::Post, "/app/ethereum", &[], &deploy, Some(&user));
@@ -136,11 +140,30 @@ fn main() {
             receipt["result"]["contractAddress"].as_str().unwrap().parse().unwrap()
         });
         let bodies = sign_all(&owner, token_address, u64::from(token), count);
-        let name = if token {
-            "node/erc20_transfer"
-        } else {
-            "node/ether_transfer"
+        let name = match (token, prepared) {
+            (false, false) => "node/ether_transfer",
+            (true, false) => "node/erc20_transfer",
+            (false, true) => "node/ether_prepared",
+            (true, true) => "node/erc20_prepared",
         };
+        if prepared {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for half in bodies.chunks(bodies.len().div_ceil(2)) {
+                    let senders = &senders;
+                    scope.spawn(move || {
+                        for body in half {
+                            assert_eq!(senders.prepare(body), 1);
+                        }
+                    });
+                }
+            });
+            println!(
+                "{:<22} {count:>7} tx  wall {:>8.0} tx/s  (sender recovery on 2 threads)",
+                "prepare",
+                count as f64 / start.elapsed().as_secs_f64()
+            );
+        }
         measure(name, &bodies, |index, body| {
             let response = harness.request(Method::Post, "/app/ethereum", &[], body, Some(&user));
             assert_eq!(response.status, 200);

@@ -6,16 +6,24 @@
 //! executed so far (the genesis block is 0). Each block is written by the same Charter
 //! transaction as the Ethereum transaction it holds, so a block is exactly as committed as its
 //! transaction. Block hashes are Keccak-256 of the parent hash, the number, the timestamp and the
-//! transaction hash; timestamps are synthetic (the genesis timestamp plus the block number, in
-//! seconds), because the node's core gives applications no clock, which keeps execution
-//! deterministic.
+//! transaction hash.
+//!
+//! **Timestamps.** A block's timestamp is the primary's wall clock when it executed the
+//! transaction, in seconds, as the core hands it to applications
+//! ([`charter_core::AppContext::unix_time_s`]: the host's clock at its last tick, an input of the
+//! deterministic core rather than a clock it reads), but never less than the parent block's, so
+//! that timestamps do not go back across a failover to a node whose clock is behind. Many blocks
+//! share a second (Ethereum requires strictly increasing timestamps between its ~12-second
+//! blocks; tooling accepts equal ones). The EVM's `TIMESTAMP` sees the same value, and
+//! `eth_call` sees the timestamp the next block would get. Followers do not execute: they apply
+//! the primary's writes, block records included, so every node serves the same timestamps.
 //!
 //! | map (private) | key | value |
 //! |---|---|---|
 //! | [`BLOCKS_MAP`] | block number (8 bytes, big endian) | [`BlockRecord`] (JSON), with its transaction |
 //! | [`TX_INDEX_MAP`] | transaction hash | block number (8 bytes) |
 //! | [`BLOCK_HASHES_MAP`] | block hash | block number (8 bytes) |
-//! | [`META_MAP`] | `head` | the latest block: number (8 bytes) ‖ hash (32) |
+//! | [`META_MAP`] | `head` | the latest block: number (8 bytes) ‖ hash (32) ‖ timestamp (8) |
 
 use std::collections::BTreeMap;
 
@@ -128,10 +136,14 @@ impl ChainConfig {
         }
     }
 
-    /// Parses a genesis file in geth's format (the fields this chain uses):
+    /// Parses a genesis file in geth's format (the fields this chain uses; others, such as
+    /// geth's fork blocks, are ignored):
     /// `{"config": {"chainId": 1337}, "timestamp": "0x0", "alloc": {"0xADDRESS": {"balance":
     /// "0x...", "nonce": "0x0", "code": "0x...", "storage": {"0xSLOT": "0xVALUE"}}}}`.
-    /// Numbers may be JSON numbers, hex strings or decimal strings.
+    /// Only `config.chainId` is required; in an account every field is optional (zero balance
+    /// and nonce, no code, no storage). Numbers may be JSON numbers, hex strings or decimal
+    /// strings; addresses may omit `0x`. The node reads the file named by `evm_genesis` in its
+    /// configuration with this.
     ///
     /// # Errors
     /// [`EvmError::Corrupt`] naming the first field that does not parse, or
@@ -192,12 +204,19 @@ fn genesis_account(entry: &serde_json::Value) -> Result<GenesisAccount, String> 
             .ok_or("nonce")?,
         None => 0,
     };
-    let code = match entry.get("code").and_then(serde_json::Value::as_str) {
-        Some(code) => hex::decode(code.trim_start_matches("0x")).map_err(|_| "code")?,
+    if !entry.is_object() {
+        return Err("an account is not a JSON object".into());
+    }
+    let code = match entry.get("code") {
+        Some(serde_json::Value::String(code)) => {
+            hex::decode(code.trim_start_matches("0x")).map_err(|_| "code")?
+        }
+        Some(_) => return Err("code is not a hex string".into()),
         None => Vec::new(),
     };
     let mut storage = BTreeMap::new();
-    if let Some(slots) = entry.get("storage").and_then(serde_json::Value::as_object) {
+    if let Some(slots) = entry.get("storage") {
+        let slots = slots.as_object().ok_or("storage is not an object")?;
         if slots.len() > GENESIS_SLOTS_MAX {
             return Err(format!("at most {GENESIS_SLOTS_MAX} storage slots"));
         }
@@ -286,7 +305,8 @@ pub struct BlockRecord {
     pub hash: B256,
     /// The previous block's hash (zero for genesis).
     pub parent_hash: B256,
-    /// Seconds since the Unix epoch (synthetic: genesis timestamp plus number).
+    /// Seconds since the Unix epoch: the primary's clock when it executed the block's
+    /// transaction, at least the parent's timestamp (the genesis file's for block 0).
     pub timestamp: u64,
     /// The Charter TxID (`view.seqno`) of the transaction that wrote it.
     pub charter_tx_id: String,
@@ -313,6 +333,20 @@ pub struct Head {
     pub number: u64,
     /// Its hash.
     pub hash: B256,
+    /// Its timestamp (zero in a record written before heads kept it, which
+    /// [`block_timestamp`] then ignores).
+    pub timestamp: u64,
+}
+
+/// Bytes of a head record: number, hash, timestamp.
+const HEAD_BYTES: usize = 8 + 32 + 8;
+/// Bytes of a head record written before heads kept the timestamp.
+const HEAD_BYTES_WITHOUT_TIMESTAMP: usize = 8 + 32;
+
+/// The timestamp of the block after `parent`, executed when the primary's clock reads `now_s`
+/// seconds since the Unix epoch: `now_s`, but never before the parent.
+pub fn block_timestamp(parent: &Head, now_s: u64) -> u64 {
+    parent.timestamp.max(now_s)
 }
 
 /// The latest block, or `None` before genesis.
@@ -323,12 +357,19 @@ pub fn head(tx: &mut Tx) -> Result<Option<Head>, EvmError> {
     let Some(bytes) = tx.get(META_MAP, HEAD_KEY) else {
         return Ok(None);
     };
-    if bytes.len() != 40 {
-        return Err(EvmError::Corrupt("the head record is not 40 bytes".into()));
-    }
+    let timestamp = match bytes.len() {
+        HEAD_BYTES => decode_number(&bytes[40..])?,
+        HEAD_BYTES_WITHOUT_TIMESTAMP => 0,
+        _ => {
+            return Err(EvmError::Corrupt(format!(
+                "the head record is not {HEAD_BYTES} bytes"
+            )))
+        }
+    };
     Ok(Some(Head {
         number: decode_number(&bytes[..8])?,
-        hash: B256::from_slice(&bytes[8..]),
+        hash: B256::from_slice(&bytes[8..40]),
+        timestamp,
     }))
 }
 
@@ -393,9 +434,10 @@ fn write_block(tx: &mut Tx, record: &BlockRecord) -> Result<(), EvmError> {
     if let Some(transaction) = &record.transaction {
         tx.try_put(TX_INDEX_MAP, transaction.hash.as_slice(), &key)?;
     }
-    let mut head = [0u8; 40];
+    let mut head = [0u8; HEAD_BYTES];
     head[..8].copy_from_slice(&key);
-    head[8..].copy_from_slice(record.hash.as_slice());
+    head[8..40].copy_from_slice(record.hash.as_slice());
+    head[40..].copy_from_slice(&record.timestamp.to_be_bytes());
     tx.try_put(META_MAP, HEAD_KEY, &head)?;
     Ok(())
 }
@@ -494,11 +536,11 @@ impl<'a> Executor<'a> {
         cfg
     }
 
-    fn block_env(&self, number: u64, parent_hash: &B256) -> BlockEnv {
+    fn block_env(&self, number: u64, parent_hash: &B256, timestamp: u64) -> BlockEnv {
         BlockEnv {
             number: U256::from(number),
             beneficiary: Address::ZERO,
-            timestamp: U256::from(self.config.genesis_timestamp.saturating_add(number)),
+            timestamp: U256::from(timestamp),
             gas_limit: BLOCK_GAS_LIMIT,
             basefee: 0,
             difficulty: U256::ZERO,
@@ -513,6 +555,7 @@ impl<'a> Executor<'a> {
         viewer: Option<&str>,
         call: bool,
         head: &Head,
+        timestamp: u64,
         tx_env: TxEnv,
     ) -> Result<(ExecutionResult, revm::state::EvmState), EvmError> {
         let lookup = block_hash_of;
@@ -520,7 +563,7 @@ impl<'a> Executor<'a> {
         let mut evm = Context::mainnet()
             .with_db(database)
             .with_cfg(self.cfg(call))
-            .with_block(self.block_env(head.number + 1, &head.hash))
+            .with_block(self.block_env(head.number + 1, &head.hash, timestamp))
             .build_mainnet();
         match evm.transact(tx_env) {
             Ok(outcome) => Ok((outcome.result, outcome.state)),
@@ -533,6 +576,8 @@ impl<'a> Executor<'a> {
     /// Executes `signed` (sent by Charter user `user`) on top of the latest block, writes the
     /// state changes and a new block into `tx`, and returns the block. `tx` is then committed
     /// as Charter transaction `charter_tx_id`; on an error nothing in it may be committed.
+    /// `now_s` is the primary's clock (seconds since the Unix epoch), for the block's timestamp
+    /// ([`block_timestamp`]).
     ///
     /// # Errors
     /// [`EvmError::WrongChain`], [`EvmError::AlreadyKnown`], [`EvmError::AccountBound`] if the
@@ -546,6 +591,7 @@ impl<'a> Executor<'a> {
         raw: &[u8],
         user: &str,
         charter_tx_id: String,
+        now_s: u64,
     ) -> Result<BlockRecord, EvmError> {
         if signed.chain_id != self.config.chain_id {
             return Err(EvmError::WrongChain {
@@ -564,7 +610,8 @@ impl<'a> Executor<'a> {
             _ => {}
         }
         let head = self.head(tx)?;
-        let (result, changes) = self.run(tx, None, false, &head, tx_env(signed))?;
+        let timestamp = block_timestamp(&head, now_s);
+        let (result, changes) = self.run(tx, None, false, &head, timestamp, tx_env(signed))?;
         state::apply_changes(tx, changes)?;
         if bound.is_none() {
             state::bind(tx, &signed.sender, user)?;
@@ -602,7 +649,7 @@ impl<'a> Executor<'a> {
             logs,
         };
         let number = head.number + 1;
-        let timestamp = self.config.genesis_timestamp.saturating_add(number);
+        assert!(timestamp >= head.timestamp);
         let block = BlockRecord {
             number,
             hash: block_hash(&head.hash, number, timestamp, &signed.hash),
@@ -624,7 +671,8 @@ impl<'a> Executor<'a> {
     }
 
     /// Runs `request` on top of the latest block for user `viewer` (who sees other users'
-    /// accounts as absent) and returns its output; nothing is written.
+    /// accounts as absent) and returns its output; nothing is written. The block it runs in
+    /// has the timestamp the next block would get at `now_s`.
     ///
     /// # Errors
     /// [`EvmError::Reverted`] with the revert data, [`EvmError::Halted`], or
@@ -634,17 +682,27 @@ impl<'a> Executor<'a> {
         tx: &mut Tx,
         request: &CallRequest,
         viewer: &str,
+        now_s: u64,
     ) -> Result<(Bytes, u64), EvmError> {
         let head = self.head(tx)?;
+        let timestamp = block_timestamp(&head, now_s);
         let gas = request
             .gas
             .unwrap_or(TX_GAS_LIMIT_MAX)
             .min(TX_GAS_LIMIT_MAX);
-        let (result, _) = self.run(tx, Some(viewer), true, &head, call_env(request, gas))?;
+        let (result, _) = self.run(
+            tx,
+            Some(viewer),
+            true,
+            &head,
+            timestamp,
+            call_env(request, gas),
+        )?;
         outcome(result, gas)
     }
 
-    /// The least gas limit (within 1.5 %, as geth) with which `request` succeeds.
+    /// The least gas limit (within 1.5 %, as geth) with which `request` succeeds, in the block
+    /// [`Executor::call`] uses.
     ///
     /// # Errors
     /// As [`Executor::call`] when it fails even with the most gas allowed.
@@ -653,8 +711,10 @@ impl<'a> Executor<'a> {
         tx: &mut Tx,
         request: &CallRequest,
         viewer: &str,
+        now_s: u64,
     ) -> Result<u64, EvmError> {
         let head = self.head(tx)?;
+        let timestamp = block_timestamp(&head, now_s);
         let mut high = request
             .gas
             .unwrap_or(TX_GAS_LIMIT_MAX)
@@ -663,7 +723,14 @@ impl<'a> Executor<'a> {
         let mut run = |gas: u64| -> Result<ExecutionResult, EvmError> {
             runs += 1;
             assert!(runs <= ESTIMATE_RUNS_MAX);
-            let (result, _) = self.run(tx, Some(viewer), true, &head, call_env(request, gas))?;
+            let (result, _) = self.run(
+                tx,
+                Some(viewer),
+                true,
+                &head,
+                timestamp,
+                call_env(request, gas),
+            )?;
             Ok(result)
         };
         let first = run(high)?;
@@ -811,5 +878,19 @@ mod tests {
             br#"{"config": {"chainId": 1}, "alloc": {"0x12": {}}}"#
         )
         .is_err());
+        let account = |body: &str| {
+            let json = format!(
+                r#"{{"config": {{"chainId": 1}}, "alloc": {{"0x0000000000000000000000000000000000000042": {body}}}}}"#
+            );
+            ChainConfig::from_genesis_json(json.as_bytes())
+        };
+        assert!(account("{}").is_ok());
+        assert!(account("7").is_err());
+        assert!(account(r#"{"code": 7}"#).is_err());
+        assert!(account(r#"{"code": "0xzz"}"#).is_err());
+        assert!(account(r#"{"storage": []}"#).is_err());
+        assert!(account(r#"{"storage": {"0x01": "x"}}"#).is_err());
+        assert!(account(r#"{"balance": -1}"#).is_err());
+        assert!(account(r#"{"nonce": "0x10000000000000000"}"#).is_err());
     }
 }

@@ -24,7 +24,8 @@
 //! covered by Charter receipts (the Ethereum receipt names it in `charterTransactionId`). There
 //! is no mempool: a transaction whose nonce is not the sender's next one is refused, not queued.
 //! Each Ethereum transaction is its own block, and the block number is the number of Ethereum
-//! transactions executed so far ([`chain`] has the details). Gas is metered as on Ethereum but
+//! transactions executed so far; a block's timestamp is the primary's clock when it executed
+//! the transaction, never earlier than its parent's ([`chain`] has the details). Gas is metered as on Ethereum but
 //! the base fee is zero and `eth_gasPrice` is zero; a transaction may still offer a price, which
 //! is charged and paid to the zero address.
 //!
@@ -61,9 +62,12 @@
 //! the genesis allocation of the app's [`chain::ChainConfig`] as its own Charter transaction.
 //! [`EthereumApp::dev`] uses [`chain::ChainConfig::dev`]: chain ID `0x4348` and the ten
 //! Hardhat/Anvil development accounts funded; [`chain::ChainConfig::from_genesis_json`] reads a
-//! geth-style genesis file for [`EthereumApp::new`].
+//! geth-style genesis file for [`EthereumApp::new`]: the node does so at start for the file its
+//! configuration names in `evm_genesis`, and uses [`EthereumApp::dev`] when it names none.
 
 #![deny(missing_docs)]
+
+use std::sync::Arc;
 
 use charter_core::{AppContext, Application, CoreError, Method, Request, Response};
 use charter_kv::{Store, Tx};
@@ -72,6 +76,7 @@ use charter_ledger::TxId;
 pub mod chain;
 mod error;
 pub mod rpc;
+pub mod senders;
 pub mod state;
 pub mod transaction;
 
@@ -79,6 +84,10 @@ pub use error::{revert_reason, EvmError};
 
 /// The path the JSON-RPC is served at, below `/app`.
 pub const RPC_PATH: &str = "/ethereum";
+/// The full path of the JSON-RPC, for the host ([`senders::SenderCache::prepare`]).
+pub const RPC_FULL_PATH: &str = "/app/ethereum";
+/// The header naming the Charter transaction a request wrote (the last, for a batch).
+pub const TX_ID_HEADER: &str = "x-ms-ccf-transaction-id";
 /// Uncommitted transactions past which writes answer 503 with a retry hint (the same bound as
 /// the other applications).
 pub const UNCOMMITTED_ENTRIES_MAX: u64 = 200_000;
@@ -101,6 +110,9 @@ pub trait Ledger {
     fn begin(&self) -> Tx;
     /// The TxID the next [`Ledger::commit`] will get.
     fn next_tx_id(&self) -> TxId;
+    /// The primary's wall clock in seconds since the Unix epoch, for block timestamps (an input
+    /// of the deterministic core: [`AppContext::unix_time_s`]).
+    fn unix_time_s(&self) -> u64;
     /// Writes `tx` as the next Charter transaction.
     ///
     /// # Errors
@@ -115,6 +127,8 @@ pub trait Ledger {
 
 struct AppLedger<'c, 'n> {
     ctx: &'c mut AppContext<'n>,
+    /// The last transaction this request wrote, for the response's TxID header.
+    written: Option<TxId>,
 }
 
 impl Ledger for AppLedger<'_, '_> {
@@ -130,8 +144,14 @@ impl Ledger for AppLedger<'_, '_> {
         self.ctx.next_tx_id()
     }
 
+    fn unix_time_s(&self) -> u64 {
+        self.ctx.unix_time_s()
+    }
+
     fn commit(&mut self, tx: Tx) -> Result<TxId, CoreError> {
-        self.ctx.commit(tx, [0; 32])
+        let tx_id = self.ctx.commit(tx, [0; 32])?;
+        self.written = Some(tx_id);
+        Ok(tx_id)
     }
 
     fn can_write(&self) -> Result<(), WriteRefusal> {
@@ -155,6 +175,9 @@ pub struct MemoryLedger {
     pub caller: String,
     /// Whether writes are allowed (a primary) or refused as on a follower.
     pub primary: bool,
+    /// The clock block timestamps are taken from, in seconds since the Unix epoch (zero: blocks
+    /// keep the genesis timestamp).
+    pub unix_time_s: u64,
     seqno: u64,
 }
 
@@ -165,6 +188,7 @@ impl MemoryLedger {
             store: Store::new(),
             caller: caller.to_owned(),
             primary: true,
+            unix_time_s: 0,
             seqno: 0,
         }
     }
@@ -193,6 +217,10 @@ impl Ledger for MemoryLedger {
         TxId::new(1, self.seqno + 1)
     }
 
+    fn unix_time_s(&self) -> u64 {
+        self.unix_time_s
+    }
+
     fn commit(&mut self, tx: Tx) -> Result<TxId, CoreError> {
         let tx_id = self.next_tx_id();
         self.store
@@ -219,6 +247,7 @@ impl Ledger for MemoryLedger {
 pub struct EthereumApp {
     config: chain::ChainConfig,
     code_cache: state::CodeCache,
+    senders: Arc<senders::SenderCache>,
 }
 
 impl EthereumApp {
@@ -227,6 +256,7 @@ impl EthereumApp {
         EthereumApp {
             config,
             code_cache: state::CodeCache::default(),
+            senders: Arc::new(senders::SenderCache::new()),
         }
     }
 
@@ -240,12 +270,18 @@ impl EthereumApp {
         &self.config
     }
 
+    /// The cache of senders recovered ahead of the core, for the host to fill with
+    /// [`senders::SenderCache::prepare`] on its own threads (see [`senders`] for the design).
+    pub fn senders(&self) -> Arc<senders::SenderCache> {
+        Arc::clone(&self.senders)
+    }
+
     /// Answers the JSON-RPC request `body` against `ledger`.
     ///
     /// # Errors
     /// Only [`CoreError`] from a ledger write.
     pub fn serve(&self, ledger: &mut dyn Ledger, body: &[u8]) -> Result<rpc::Reply, CoreError> {
-        rpc::Server::new(&self.config, &self.code_cache).serve(ledger, body)
+        rpc::Server::new(&self.config, &self.code_cache, &self.senders).serve(ledger, body)
     }
 }
 
@@ -287,7 +323,17 @@ impl Application for EthereumApp {
                 "JSON-RPC takes POST",
             )));
         }
-        let mut ledger = AppLedger { ctx };
-        Some(self.serve(&mut ledger, &request.body).map(http_response))
+        let mut ledger = AppLedger { ctx, written: None };
+        let reply = match self.serve(&mut ledger, &request.body) {
+            Ok(reply) => reply,
+            Err(error) => return Some(Err(error)),
+        };
+        let response = http_response(reply);
+        // As Charter's other write endpoints do: the TxID of the (last) transaction written,
+        // whose status /node/tx reports.
+        Some(Ok(match ledger.written {
+            Some(tx_id) => response.with_header(TX_ID_HEADER, tx_id.to_string()),
+            None => response,
+        }))
     }
 }

@@ -7,6 +7,7 @@ use charter_kv::Tx;
 use serde_json::{json, Value};
 
 use crate::chain::{self, BlockRecord, CallRequest, ChainConfig, Executor, TxRecord};
+use crate::senders::{self, SenderCache};
 use crate::state::{self, CodeCache};
 use crate::transaction::{self, TxType};
 use crate::{EvmError, Ledger, WriteRefusal};
@@ -113,6 +114,7 @@ type CallResult = Result<Value, RpcError>;
 pub struct Server<'a> {
     config: &'a ChainConfig,
     executor: Executor<'a>,
+    senders: &'a SenderCache,
 }
 
 fn error_response(id: Value, error: &RpcError) -> Value {
@@ -120,11 +122,16 @@ fn error_response(id: Value, error: &RpcError) -> Value {
 }
 
 impl<'a> Server<'a> {
-    /// A server for the chain `config`.
-    pub fn new(config: &'a ChainConfig, code_cache: &'a CodeCache) -> Server<'a> {
+    /// A server for the chain `config`, taking senders recovered ahead of time from `senders`.
+    pub fn new(
+        config: &'a ChainConfig,
+        code_cache: &'a CodeCache,
+        senders: &'a SenderCache,
+    ) -> Server<'a> {
         Server {
             config,
             executor: Executor::new(config, code_cache),
+            senders,
         }
     }
 
@@ -248,6 +255,7 @@ impl<'a> Server<'a> {
             return self.send_raw_transaction(ledger, params);
         }
         let caller = ledger.caller_id().to_owned();
+        let now_s = ledger.unix_time_s();
         let mut tx = ledger.begin();
         let tx = &mut tx;
         let result = match method {
@@ -271,8 +279,8 @@ impl<'a> Server<'a> {
             }),
             "eth_getCode" => self.get_code(tx, params),
             "eth_getStorageAt" => self.get_storage_at(tx, params),
-            "eth_call" => self.call(tx, params, &caller),
-            "eth_estimateGas" => self.estimate_gas(tx, params, &caller),
+            "eth_call" => self.call(tx, params, &caller, now_s),
+            "eth_estimateGas" => self.estimate_gas(tx, params, &caller, now_s),
             "eth_getTransactionByHash" => {
                 self.with_visible_transaction(tx, params, &caller, transaction_json)
             }
@@ -309,16 +317,23 @@ impl<'a> Server<'a> {
             Ok(raw) => raw,
             Err(error) => return Ok(Err(error)),
         };
-        let signed = match transaction::decode_signed(&raw) {
+        // A sender the host recovered from these very bytes is what recovery would give again
+        // (see `senders`); otherwise recover it here.
+        let decoded = match self.senders.take(&senders::raw_hash(&raw)) {
+            Some(sender) => transaction::decode_stored(&raw, sender),
+            None => transaction::decode_signed(&raw),
+        };
+        let signed = match decoded {
             Ok(signed) => signed,
             Err(error) => return Ok(Err(error.into())),
         };
         let mut tx = ledger.begin();
         let charter_tx_id = ledger.next_tx_id().to_string();
         let caller = ledger.caller_id().to_owned();
+        let now_s = ledger.unix_time_s();
         match self
             .executor
-            .execute(&mut tx, &signed, &raw, &caller, charter_tx_id)
+            .execute(&mut tx, &signed, &raw, &caller, charter_tx_id, now_s)
         {
             Ok(_) => {
                 ledger.commit(tx)?;
@@ -372,17 +387,17 @@ impl<'a> Server<'a> {
         Ok(json!(hash_hex(&B256::from(value.to_be_bytes::<32>()))))
     }
 
-    fn call(&self, tx: &mut Tx, params: &[Value], caller: &str) -> CallResult {
+    fn call(&self, tx: &mut Tx, params: &[Value], caller: &str, now_s: u64) -> CallResult {
         let request = call_request(params.first())?;
         self.check_latest(tx, params.get(1))?;
-        let (output, _) = self.executor.call(tx, &request, caller)?;
+        let (output, _) = self.executor.call(tx, &request, caller, now_s)?;
         Ok(json!(data_hex(&output)))
     }
 
-    fn estimate_gas(&self, tx: &mut Tx, params: &[Value], caller: &str) -> CallResult {
+    fn estimate_gas(&self, tx: &mut Tx, params: &[Value], caller: &str, now_s: u64) -> CallResult {
         let request = call_request(params.first())?;
         self.check_latest(tx, params.get(1))?;
-        let gas = self.executor.estimate_gas(tx, &request, caller)?;
+        let gas = self.executor.estimate_gas(tx, &request, caller, now_s)?;
         Ok(json!(quantity(gas)))
     }
 

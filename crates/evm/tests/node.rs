@@ -100,3 +100,36 @@ fn http_errors() {
     assert_eq!(status, 200);
     assert_eq!(response["error"]["code"], -32600);
 }
+
+/// In a node, block timestamps come from the clock the host gives the core in its ticks.
+#[test]
+fn block_timestamps_come_from_the_core_clock() {
+    let mut harness = Harness::with_apps(vec![Box::new(EthereumApp::dev())]);
+    harness.tick(10);
+    let alice = Account::dev(0);
+    let raw = alice.sign(&tx(
+        0,
+        Some(Account::seeded(1).address),
+        1,
+        Vec::new(),
+        21_000,
+    ));
+    call(
+        &mut harness,
+        "eth_sendRawTransaction",
+        json!([format!("0x{}", hex::encode(&raw))]),
+        false,
+    );
+    let block = call(
+        &mut harness,
+        "eth_getBlockByNumber",
+        json!(["latest", false]),
+        false,
+    );
+    // The harness's host clock reads 1,800,000,000 s.
+    assert_eq!(block["result"]["number"], "0x1");
+    assert_eq!(
+        block["result"]["timestamp"],
+        format!("{:#x}", 1_800_000_000u64)
+    );
+}

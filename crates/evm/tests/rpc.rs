@@ -823,3 +823,206 @@ fn followers_refuse_writes_but_answer_reads() {
     );
     assert_eq!(ledger.commits(), 1);
 }
+
+/// A chain from a genesis file, as the node's `evm_genesis` gives it: its chain ID, a funded
+/// account that can send, and a contract with code and storage that calls read.
+#[test]
+fn genesis_file_chain() {
+    let funded = Account::seeded(42);
+    // Returns storage slot 0: PUSH1 0 SLOAD PUSH1 0 MSTORE PUSH1 32 PUSH1 0 RETURN.
+    let code = "0x60005460005260206000f3";
+    let contract = "0x00000000000000000000000000000000000c0de0";
+    let genesis = format!(
+        r#"{{"config": {{"chainId": 1337, "berlinBlock": 0}}, "timestamp": "0x6553f100",
+            "alloc": {{"{}": {{"balance": "5000000000000000000"}},
+                      "{contract}": {{"code": "{code}", "nonce": "0x1",
+                                      "storage": {{"0x0": "0x2a"}}}}}}}}"#,
+        funded.address_hex()
+    );
+    let config = charter_evm::chain::ChainConfig::from_genesis_json(genesis.as_bytes()).unwrap();
+    let app = EthereumApp::new(config);
+    let mut ledger = MemoryLedger::new(ALICE);
+    assert_eq!(
+        rpc(&app, &mut ledger, "eth_chainId", json!([])).unwrap(),
+        "0x539"
+    );
+    let block = rpc(
+        &app,
+        &mut ledger,
+        "eth_getBlockByNumber",
+        json!(["0x0", false]),
+    )
+    .unwrap();
+    assert_eq!(block["timestamp"], "0x6553f100");
+    assert_eq!(
+        rpc(
+            &app,
+            &mut ledger,
+            "eth_getCode",
+            json!([contract, "latest"])
+        )
+        .unwrap(),
+        code
+    );
+    assert_eq!(
+        hex_u256(
+            &rpc(
+                &app,
+                &mut ledger,
+                "eth_getStorageAt",
+                json!([contract, "0x0", "latest"])
+            )
+            .unwrap()
+        ),
+        U256::from(42)
+    );
+    assert_eq!(
+        rpc(
+            &app,
+            &mut ledger,
+            "eth_getTransactionCount",
+            json!([contract, "latest"])
+        )
+        .unwrap(),
+        "0x1"
+    );
+    let output = rpc(
+        &app,
+        &mut ledger,
+        "eth_call",
+        json!([{"to": contract}, "latest"]),
+    )
+    .unwrap();
+    assert_eq!(hex_u256(&output), U256::from(42));
+    // The development accounts are not funded on this chain.
+    assert_eq!(
+        balance(&app, &mut ledger, &Account::dev(0).address_hex()),
+        U256::ZERO
+    );
+    // The funded account sends on chain 1337 (and not with a development-chain signature).
+    let to = Account::seeded(43).address;
+    let wrong_chain = funded.sign(&tx(0, Some(to), 1_000, Vec::new(), 21_000));
+    let error = send(&app, &mut ledger, &wrong_chain).unwrap_err();
+    assert!(
+        error["message"].as_str().unwrap().contains("chain"),
+        "{error}"
+    );
+    let mut unsigned = tx(0, Some(to), 1_000, Vec::new(), 21_000);
+    unsigned.chain_id = 1337;
+    send(&app, &mut ledger, &funded.sign(&unsigned)).unwrap();
+    assert_eq!(
+        balance(&app, &mut ledger, &funded.address_hex()),
+        U256::from(5_000_000_000_000_000_000u128 - 1_000)
+    );
+}
+
+/// Block timestamps follow the ledger's clock (the primary's, through the core) and never go
+/// back; `TIMESTAMP` in a call sees the next block's.
+#[test]
+fn block_timestamps_follow_the_clock_and_never_go_back() {
+    let (app, mut ledger) = setup();
+    let alice = Account::dev(0);
+    let to = Account::seeded(9).address;
+    let timestamp_of = |ledger: &mut MemoryLedger, hash: &str| {
+        let receipt = rpc(&app, ledger, "eth_getTransactionReceipt", json!([hash])).unwrap();
+        let block = rpc(
+            &app,
+            ledger,
+            "eth_getBlockByNumber",
+            json!([receipt["blockNumber"], false]),
+        )
+        .unwrap();
+        hex_u256(&block["timestamp"]).to::<u64>()
+    };
+    // Before the core has a clock (zero), blocks keep the genesis timestamp.
+    let first = send(
+        &app,
+        &mut ledger,
+        &alice.sign(&tx(0, Some(to), 1, Vec::new(), 21_000)),
+    )
+    .unwrap();
+    assert_eq!(
+        timestamp_of(&mut ledger, &first),
+        charter_evm::chain::DEV_GENESIS_TIMESTAMP
+    );
+    ledger.unix_time_s = 1_800_000_000;
+    let second = send(
+        &app,
+        &mut ledger,
+        &alice.sign(&tx(1, Some(to), 1, Vec::new(), 21_000)),
+    )
+    .unwrap();
+    assert_eq!(timestamp_of(&mut ledger, &second), 1_800_000_000);
+    // A clock that goes back (a new primary's, say) does not take timestamps back.
+    ledger.unix_time_s = 1_700_000_000;
+    let third = send(
+        &app,
+        &mut ledger,
+        &alice.sign(&tx(2, Some(to), 1, Vec::new(), 21_000)),
+    )
+    .unwrap();
+    assert_eq!(timestamp_of(&mut ledger, &third), 1_800_000_000);
+    // TIMESTAMP in eth_call: PUSH the timestamp, store it, return 32 bytes (as init code).
+    ledger.unix_time_s = 1_800_000_123;
+    let output = rpc(
+        &app,
+        &mut ledger,
+        "eth_call",
+        json!([{"data": "0x4260005260206000f3"}, "latest"]),
+    )
+    .unwrap();
+    assert_eq!(hex_u256(&output), U256::from(1_800_000_123u64));
+    let fourth = send(
+        &app,
+        &mut ledger,
+        &alice.sign(&tx(3, Some(to), 1, Vec::new(), 21_000)),
+    )
+    .unwrap();
+    assert_eq!(timestamp_of(&mut ledger, &fourth), 1_800_000_123);
+}
+
+/// Senders recovered ahead of the core (as the host does on its connection threads) are used
+/// once each, and the chain comes out exactly as without them.
+#[test]
+fn senders_recovered_ahead_give_the_same_chain() {
+    let alice = Account::dev(0);
+    let to = Account::seeded(5).address;
+    let raws: Vec<Vec<u8>> = (0..4)
+        .map(|nonce| alice.sign(&tx(nonce, Some(to), 7, Vec::new(), 21_000)))
+        .collect();
+    let body = |raw: &[u8]| {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction",
+               "params": [format!("0x{}", hex::encode(raw))]})
+    };
+    let mut chains = Vec::new();
+    for prepared in [false, true] {
+        let (app, mut ledger) = setup();
+        ledger.unix_time_s = 1_800_000_000;
+        let senders = app.senders();
+        // One single request and one batch of three.
+        let single = body(&raws[0]).to_string();
+        let batch = Value::Array(raws[1..].iter().map(|raw| body(raw)).collect()).to_string();
+        if prepared {
+            assert_eq!(senders.prepare(single.as_bytes()), 1);
+            assert_eq!(senders.prepare(batch.as_bytes()), 3);
+            assert_eq!(senders.len(), 4);
+        }
+        raw_call(&app, &mut ledger, single.as_bytes());
+        raw_call(&app, &mut ledger, batch.as_bytes());
+        assert!(senders.is_empty(), "each sender is taken once");
+        let blocks: Vec<Value> = (0..=4)
+            .map(|number| {
+                rpc(
+                    &app,
+                    &mut ledger,
+                    "eth_getBlockByNumber",
+                    json!([format!("{number:#x}"), true]),
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(blocks[4]["transactions"][0]["from"], alice.address_hex());
+        chains.push(blocks);
+    }
+    assert_eq!(chains[0], chains[1]);
+}

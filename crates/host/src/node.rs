@@ -130,6 +130,11 @@ pub struct NodeFileConfig {
     /// transactions this node's own ledger lacks because it started from a snapshot.
     #[serde(default)]
     pub read_only_ledger_dirs: Vec<PathBuf>,
+    /// Genesis file of the Ethereum adapter's chain (chain ID and allocations, format in the
+    /// README); absent, the development chain that funds the Hardhat/Anvil accounts. Every node
+    /// of a network must name the same file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evm_genesis: Option<PathBuf>,
 }
 
 impl NodeFileConfig {
@@ -588,6 +593,8 @@ struct CoreHandler {
     snapshot_dir: PathBuf,
     /// The service identity's key: only nodes it endorsed get snapshots.
     service_key: charter_crypto::VerifyingKey,
+    /// Senders of Ethereum transactions, recovered here before the core executes them.
+    ethereum_senders: Arc<charter_evm::senders::SenderCache>,
 }
 
 impl CoreHandler {
@@ -647,6 +654,14 @@ impl Handler for CoreHandler {
         if request.path == SNAPSHOT_PATH && request.method == charter_core::Method::Get {
             return self.serve_snapshot(&request);
         }
+        if request.method == charter_core::Method::Post
+            && request.path == charter_evm::RPC_FULL_PATH
+        {
+            // Recovers the senders of signed Ethereum transactions on this connection's thread,
+            // in parallel with the core and other connections, so that the core thread only
+            // executes them (charter_evm::senders says why the core stays deterministic).
+            self.ethereum_senders.prepare(&request.body);
+        }
         let (reply, wait) = tokio::sync::oneshot::channel();
         let sent = self.sender.try_send(HostMessage::Request(request, reply));
         Box::pin(async move {
@@ -664,6 +679,17 @@ impl Handler for CoreHandler {
             }
         })
     }
+}
+
+/// The Ethereum adapter for the chain in `genesis` (a file), or for the development chain.
+fn ethereum_app(genesis: Option<&Path>) -> Result<charter_evm::EthereumApp, NodeError> {
+    let Some(path) = genesis else {
+        return Ok(charter_evm::EthereumApp::dev());
+    };
+    let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    let config = charter_evm::chain::ChainConfig::from_genesis_json(&bytes)
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    Ok(charter_evm::EthereumApp::new(config))
 }
 
 fn unix_time_s() -> u64 {
@@ -1278,7 +1304,9 @@ pub fn run_node(
     for app in charter_apps::all() {
         node.register_app(app);
     }
-    node.register_app(Box::new(charter_evm::EthereumApp::dev()));
+    let ethereum = ethereum_app(config.evm_genesis.as_deref())?;
+    let ethereum_senders = ethereum.senders();
+    node.register_app(Box::new(ethereum));
 
     // Node channels: only nodes the ledger trusts may connect.
     let trusted: Arc<RwLock<HashSet<String>>> = Arc::default();
@@ -1383,6 +1411,7 @@ pub fn run_node(
             .service_cert
             .public_key()
             .map_err(|error| format!("service certificate: {error}"))?,
+        ethereum_senders,
     });
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.rpc_address)
