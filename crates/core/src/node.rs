@@ -132,7 +132,8 @@ pub enum Action {
     },
     /// The open chunk ends at `last_seqno`, a signature just appended: once it is durable,
     /// complete the chunk (`ledger_FIRST-LAST.committed`) and start a new one. With a single
-    /// voter a durable signature is a committed one.
+    /// voter a durable signature is a committed one; on a replica the signature may still be
+    /// replaced, and the host then reopens the chunk to truncate it ([`Action::Truncate`]).
     CloseChunk {
         /// Seqno of the last entry of the chunk.
         last_seqno: u64,
@@ -206,7 +207,7 @@ pub struct NodeConfig {
     pub signature_interval_txs: u64,
     /// Emit a signature when the oldest unsigned transaction is this old.
     pub signature_interval_ms: u64,
-    /// Complete a chunk at the first committed signature after it reaches this size.
+    /// Complete a chunk at the first signature appended after it reaches this size.
     pub chunk_bytes_max: u64,
     /// Milliseconds per Raft tick.
     pub raft_tick_ms: u64,

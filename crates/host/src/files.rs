@@ -437,20 +437,25 @@ impl LedgerFiles {
         Ok(())
     }
 
-    /// Drops entries from `from_seqno` on; they must all be in the open chunk.
+    /// Drops entries from `from_seqno` on. Chunks complete at signatures as soon as they are
+    /// appended, so a signature Raft later replaces can end a completed chunk: such a chunk is
+    /// reopened (and the chunks after it deleted) before the cut.
     ///
     /// # Errors
-    /// [`FilesError::Io`], or [`FilesError::Corrupt`] if they are in a completed chunk.
+    /// [`FilesError::Io`], or [`FilesError::Corrupt`] if no chunk holds `from_seqno`.
     pub fn truncate(&mut self, from_seqno: u64) -> Result<(), FilesError> {
         self.flush()?;
         if from_seqno >= self.next_seqno {
             return Ok(());
         }
+        if !self.offsets.iter().any(|(seqno, _)| *seqno == from_seqno) {
+            self.reopen_chunk_holding(from_seqno)?;
+        }
         let Some(&(_, offset)) = self.offsets.iter().find(|(seqno, _)| *seqno == from_seqno) else {
             return Err(FilesError::Corrupt {
                 path: self.dir.clone(),
                 offset: 0,
-                reason: format!("cannot truncate at {from_seqno}: it is in a completed chunk"),
+                reason: format!("cannot truncate at {from_seqno}: no chunk holds it"),
             });
         };
         let (file, first) = self
@@ -469,6 +474,55 @@ impl LedgerFiles {
         self.open_len = offset;
         self.offsets.retain(|(seqno, _)| *seqno < from_seqno);
         self.next_seqno = from_seqno;
+        Ok(())
+    }
+
+    /// Makes the completed chunk holding `seqno` the open chunk again, deleting every chunk
+    /// after it (all their entries come after `seqno`, so the truncation drops them anyway).
+    /// Each step leaves files a restart loads: later chunks go first, then the rename.
+    fn reopen_chunk_holding(&mut self, seqno: u64) -> Result<(), FilesError> {
+        let mut chunks: Vec<ChunkName> = Vec::new();
+        for item in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let item = item.map_err(io(&self.dir))?;
+            if let Some(name) = item.file_name().to_str().and_then(ChunkName::parse) {
+                chunks.push(name);
+            }
+        }
+        chunks.sort();
+        let Some(holder) = chunks
+            .iter()
+            .copied()
+            .find(|name| name.first <= seqno && name.last.is_some_and(|last| last >= seqno))
+        else {
+            return Ok(());
+        };
+        self.open = None;
+        for name in chunks.iter().rev().filter(|name| name.first > holder.first) {
+            let path = self.dir.join(name.file_name());
+            fs::remove_file(&path).map_err(io(&path))?;
+        }
+        let from = self.dir.join(holder.file_name());
+        let to = self.dir.join(
+            ChunkName {
+                first: holder.first,
+                last: None,
+            }
+            .file_name(),
+        );
+        fs::rename(&from, &to).map_err(io(&from))?;
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io(&self.dir))?;
+        let bytes = fs::read(&to).map_err(io(&to))?;
+        let (frames, _) = parse_frames(&bytes, Some(holder.first));
+        let file = OpenOptions::new().append(true).open(&to).map_err(io(&to))?;
+        self.offsets = frames
+            .iter()
+            .map(|frame| (frame.seqno, frame.offset))
+            .collect();
+        self.open = Some((file, holder.first));
+        self.open_len = bytes.len() as u64;
+        self.next_seqno = holder.first + frames.len() as u64;
         Ok(())
     }
 
@@ -792,6 +846,40 @@ mod tests {
             [1, 2, 3, 4, 5]
         );
         assert_eq!(files.next_seqno(), 6);
+    }
+
+    #[test]
+    fn truncating_into_a_completed_chunk_reopens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut files, _) = LedgerFiles::open(dir.path()).unwrap();
+        for seqno in 1..=3 {
+            files.append(seqno, &entry(seqno)).unwrap();
+        }
+        files.close_chunk(3).unwrap();
+        for seqno in 4..=5 {
+            files.append(seqno, &entry(seqno)).unwrap();
+        }
+        files.close_chunk(5).unwrap();
+        files.append(6, &entry(6)).unwrap();
+        files.sync().unwrap();
+        // Raft replaces everything from 3 on: the chunk ending at 3 (completed at an
+        // uncommitted signature) is reopened, the later ones go.
+        files.truncate(3).unwrap();
+        assert_eq!(files.next_seqno(), 3);
+        files.append(3, &entry(3)).unwrap();
+        files.sync().unwrap();
+        drop(files);
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|item| item.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("ledger_"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ledger_1"]);
+        let (files, loaded) = LedgerFiles::open(dir.path()).unwrap();
+        assert_eq!(loaded.entries.len(), 3);
+        assert_eq!(files.next_seqno(), 4);
     }
 
     #[test]
