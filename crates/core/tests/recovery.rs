@@ -263,3 +263,21 @@ fn a_new_service_recovers_public_state_then_private_state_with_a_members_share()
     assert_eq!(new.node.tx_status(later), TxStatus::Committed);
     let _: TxId = later;
 }
+
+#[test]
+fn a_service_without_recovery_members_says_it_cannot_be_recovered() {
+    let mut harness = Harness::new();
+    let response = harness.request(Method::Get, "/gov/recovery/status", &[], b"", None);
+    assert_eq!(response.status, 200);
+    let status: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    let problem = status["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("0 recovery member"), "{status}");
+    assert!(harness
+        .node
+        .store()
+        .get(
+            charter_core::RECOVERY_SHARES_MAP,
+            charter_core::RECOVERY_SHARES_KEY
+        )
+        .is_none());
+}

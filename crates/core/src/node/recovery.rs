@@ -363,6 +363,19 @@ impl Node {
             .and_then(|bytes| serde_json::from_slice(bytes).ok());
         let submitted: Vec<&String> = self.recovery.partials.keys().collect();
         let threshold = shares.as_ref().map_or(0, |shares| shares.threshold);
+        // Why nothing protects the ledger secret, if nothing does.
+        let problem = if shares.is_none() {
+            let mut tx = self.begin();
+            let (wanted, members) = Node::recovery_inputs(&mut tx);
+            Some(format!(
+                "no recovery shares: {} recovery member(s) (members with a recovery key) for a \
+                 threshold of {wanted}; without shares a service that loses every node cannot \
+                 be recovered",
+                members.len()
+            ))
+        } else {
+            None
+        };
         serde_json::json!({
             "serviceStatus": self.service_status,
             "recoveredAt": self.recovered_at(),
@@ -371,6 +384,7 @@ impl Node {
             "submitted": submitted,
             "missing": (threshold as usize).saturating_sub(submitted.len()),
             "privateStatePending": !self.recovery.pending.is_empty(),
+            "problem": problem,
         })
     }
 
