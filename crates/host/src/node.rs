@@ -594,9 +594,89 @@ fn own_evidence(node_key: &SigningKey) -> Result<charter_attest::Evidence, NodeE
 }
 
 /// The core's event loop: owns the node and the ledger files.
+/// Snapshot files waiting for the snapshot thread; more are dropped (a lost snapshot costs
+/// only a later one).
+const SNAPSHOT_JOBS_MAX: usize = 4;
+
+/// Work for the snapshot thread.
+enum SnapshotJob {
+    Write { seqno: u64, bytes: Vec<u8> },
+    Commit { seqno: u64, evidence: Vec<u8> },
+}
+
+/// Writes snapshot files on a thread of its own, in the order submitted: encoding happens in
+/// the core, but writing and syncing a snapshot of a large store (and rewriting it with its
+/// evidence at commit) took the core thread away for tens of milliseconds, which stalled
+/// every commit behind it.
+struct SnapshotWriter {
+    jobs: Option<mpsc::SyncSender<SnapshotJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SnapshotWriter {
+    fn start(files: crate::files::SnapshotFiles) -> Result<SnapshotWriter, NodeError> {
+        let (jobs, receiver) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_JOBS_MAX);
+        let thread = std::thread::Builder::new()
+            .name("charter-snapshots".to_owned())
+            .spawn(move || {
+                // Ends when the core loop drops the sender.
+                for job in receiver {
+                    // A lost snapshot costs only a later one: report, do not stop the node.
+                    match job {
+                        SnapshotJob::Write { seqno, bytes } => {
+                            if let Err(error) = files.write(seqno, &bytes) {
+                                tracing::warn!(seqno, %error, "cannot write the snapshot");
+                            }
+                        }
+                        SnapshotJob::Commit { seqno, evidence } => {
+                            if let Err(error) = files.commit(seqno, &evidence) {
+                                tracing::warn!(seqno, %error, "cannot commit the snapshot");
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|error| format!("cannot start the snapshot thread: {error}"))?;
+        Ok(SnapshotWriter {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    fn submit(&self, job: SnapshotJob) {
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        if let Err(error) = jobs.try_send(job) {
+            let job = match error {
+                mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => job,
+            };
+            let seqno = match job {
+                SnapshotJob::Write { seqno, .. } | SnapshotJob::Commit { seqno, .. } => seqno,
+            };
+            tracing::warn!(seqno, "snapshot thread busy or gone: snapshot work dropped");
+        }
+    }
+
+    /// Waits for the submitted snapshot files to be written.
+    fn finish(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 struct CoreLoop {
     node: Node,
     files: LedgerFiles,
+    snapshots: SnapshotWriter,
     pending: HashMap<RequestId, Reply>,
     next_request: u64,
     hard_state: HardStateRecord,
@@ -855,17 +935,14 @@ impl CoreLoop {
                         .files
                         .close_chunk(last_seqno)
                         .map_err(|e| e.to_string())?,
-                    // A lost snapshot costs only a later one: report, do not stop the node.
+                    // Snapshot files are written by the snapshot thread, in order, so that
+                    // the core does not wait for megabytes to reach the disk.
                     Action::WriteSnapshot { seqno, bytes } => {
-                        if let Err(error) = self.files.write_snapshot(seqno, &bytes) {
-                            tracing::warn!(seqno, %error, "cannot write the snapshot");
-                        }
+                        self.snapshots.submit(SnapshotJob::Write { seqno, bytes })
                     }
-                    Action::CommitSnapshot { seqno, evidence } => {
-                        if let Err(error) = self.files.commit_snapshot(seqno, &evidence) {
-                            tracing::warn!(seqno, %error, "cannot commit the snapshot");
-                        }
-                    }
+                    Action::CommitSnapshot { seqno, evidence } => self
+                        .snapshots
+                        .submit(SnapshotJob::Commit { seqno, evidence }),
                 }
             }
             for entries in reads {
@@ -948,6 +1025,7 @@ impl CoreLoop {
             if stop {
                 self.save_commit_if_due(true)?;
                 self.files.sync().map_err(|e| e.to_string())?;
+                self.snapshots.finish();
                 return Ok(());
             }
         }
@@ -1123,9 +1201,11 @@ pub fn run_node(
         .map_err(|error| format!("node channel on {node_address}: {error}"))?;
     let own_id = peers.node_id().to_owned();
     let hard_state = loaded.hard_state;
+    let snapshots = SnapshotWriter::start(files.snapshot_files())?;
     let mut core = CoreLoop {
         node,
         files,
+        snapshots,
         pending: HashMap::new(),
         next_request: 0,
         hard_state,
