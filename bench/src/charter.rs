@@ -47,6 +47,7 @@ impl Sandbox {
         port: u16,
         dir: &Path,
         signature: SignatureInterval,
+        snapshot_interval_txs: u64,
         keep: bool,
     ) -> Result<Self, String> {
         let _ = std::fs::remove_dir_all(dir);
@@ -64,14 +65,14 @@ impl Sandbox {
             .arg("--signature-interval-txs")
             .arg(signature.txs.to_string())
             .arg("--signature-interval-ms")
-            .arg(signature.ms.to_string());
+            .arg(signature.ms.to_string())
+            .arg("--snapshot-interval-txs")
+            .arg(snapshot_interval_txs.to_string());
         let mut child = process::spawn_logged(&mut command, &log)?;
         let sandbox_json = dir.join("sandbox.json");
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         while !sandbox_json.exists() {
-            if let Err(error) = process::check_alive(&mut child, "charter sandbox", &log) {
-                return Err(error);
-            }
+            process::check_alive(&mut child, "charter sandbox", &log)?;
             if Instant::now() > deadline {
                 process::terminate(&mut child, Duration::from_secs(20));
                 return Err(format!(
@@ -134,6 +135,11 @@ impl Sandbox {
     /// The primary's client address.
     pub fn primary_address(&self) -> SocketAddr {
         self.nodes[self.primary].address
+    }
+
+    /// The nodes' process IDs (from sandbox.json).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|node| node.pid).collect()
     }
 
     /// The followers' client addresses.

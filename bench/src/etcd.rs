@@ -132,6 +132,11 @@ impl EtcdCluster {
             .unwrap_or_else(|| "unknown".to_owned())
     }
 
+    /// The members' process IDs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(child, _)| child.id()).collect()
+    }
+
     /// Stops every member and removes the data unless asked to keep it.
     pub fn stop(mut self) {
         for (child, _) in &mut self.children {

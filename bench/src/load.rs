@@ -41,6 +41,27 @@ pub struct Outcome {
     pub measured_s: f64,
     /// For each client, the last counter it completed (keys 1..=this exist after writes).
     pub last_counters: Vec<u64>,
+    /// CPU seconds the server processes used during the measured window.
+    pub server_cpu_s: f64,
+}
+
+/// CPU seconds (user and system, all threads) used so far by the processes `pids`; a process
+/// that is gone counts as zero.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+            let user: f64 = fields.get(11)?.parse().ok()?;
+            let system: f64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) / ticks_per_s)
+        })
+        .sum()
 }
 
 /// Nanoseconds from `origin` to now.
@@ -48,9 +69,11 @@ pub fn since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Runs `workers` for `warmup` then `duration`, drawing a progress bar labelled `label`.
+/// Runs `workers` for `warmup` then `duration`, drawing a progress bar labelled `label`, and
+/// measures the CPU time of the server processes `server_pids` over the measured window.
 pub async fn closed_loop<W: Worker>(
     workers: Vec<W>,
+    server_pids: &[u32],
     origin: Instant,
     label: &str,
     warmup: Duration,
@@ -112,10 +135,12 @@ pub async fn closed_loop<W: Worker>(
     let mut last_at = Instant::now();
     let mut rate = 0.0;
     let mut window_start_ns = None;
+    let mut cpu_at_start = 0.0;
     loop {
         let elapsed = phase_start.elapsed();
         if window_start_ns.is_none() && elapsed >= warmup {
             window_start_ns = Some(since(origin));
+            cpu_at_start = cpu_seconds(server_pids);
         }
         if elapsed >= total {
             break;
@@ -148,6 +173,7 @@ pub async fn closed_loop<W: Worker>(
         }
     }
     let window_end_ns = since(origin);
+    let server_cpu_s = cpu_seconds(server_pids) - cpu_at_start;
     let window_start_ns = window_start_ns.unwrap_or(window_end_ns);
     stop.store(true, Ordering::Relaxed);
     let mut samples = Vec::new();
@@ -179,5 +205,6 @@ pub async fn closed_loop<W: Worker>(
         first_error: first_error.lock().ok().and_then(|first| first.clone()),
         measured_s: (window_end_ns - window_start_ns) as f64 / 1e9,
         last_counters,
+        server_cpu_s,
     }
 }

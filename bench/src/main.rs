@@ -96,6 +96,7 @@ fn figures(
     errors: u64,
     uncommitted: u64,
     view_changed: u64,
+    server_cpu_s: f64,
 ) -> RunFigures {
     let latency = LatencySummary::from_ms(latencies_ms);
     RunFigures {
@@ -114,6 +115,8 @@ fn figures(
         errors,
         uncommitted,
         view_changed,
+        server_cpu_ms_per_operation: server_cpu_s * 1e3 / latency.count.max(1) as f64,
+        server_cpu_s,
         latency,
     }
 }
@@ -186,8 +189,15 @@ impl Bench {
             })
             .collect();
         let label = "etcd 3 members, writes".to_owned();
-        let outcome =
-            closed_loop(writers, self.origin, &label, self.warmup(), self.duration()).await;
+        let outcome = closed_loop(
+            writers,
+            &cluster.pids(),
+            self.origin,
+            &label,
+            self.warmup(),
+            self.duration(),
+        )
+        .await;
         report_errors(&label, &outcome);
         self.written = outcome.last_counters.clone();
         let mut latencies = reply_latencies(&outcome);
@@ -205,6 +215,7 @@ impl Bench {
             outcome.errors,
             0,
             0,
+            outcome.server_cpu_s,
         ));
         if !args.no_reads {
             let readers = (0..args.clients)
@@ -217,6 +228,7 @@ impl Bench {
             let label = "etcd 3 members, reads on leader".to_owned();
             let outcome = closed_loop(
                 readers,
+                &cluster.pids(),
                 self.origin,
                 &label,
                 Duration::ZERO,
@@ -239,6 +251,7 @@ impl Bench {
                 outcome.errors,
                 0,
                 0,
+                outcome.server_cpu_s,
             ));
         }
         Ok(())
@@ -266,6 +279,7 @@ impl Bench {
             self.args.charter_port,
             &dir,
             signature,
+            self.args.snapshot_interval_txs,
             self.args.keep,
         )
         .await?;
@@ -323,8 +337,15 @@ impl Bench {
             if nodes == 1 { "" } else { "s" },
             signature
         );
-        let outcome =
-            closed_loop(writers, self.origin, &label, self.warmup(), self.duration()).await;
+        let outcome = closed_loop(
+            writers,
+            &sandbox.pids(),
+            self.origin,
+            &label,
+            self.warmup(),
+            self.duration(),
+        )
+        .await;
         report_errors(&label, &outcome);
         if let Some(mut profiler) = profiler {
             let _ = profiler.wait();
@@ -365,6 +386,31 @@ impl Bench {
                 })
             })
             .collect();
+        if let Some(dir) = std::env::var_os("CHARTER_BENCH_DUMP") {
+            // Raw data for offline analysis: every commit observation and measured write.
+            let dir = PathBuf::from(dir);
+            let mut text = String::from("at_ms,view,seqno\n");
+            for seen in &observations {
+                text += &format!(
+                    "{:.3},{},{}\n",
+                    seen.at_ns as f64 / 1e6,
+                    seen.view,
+                    seen.seqno
+                );
+            }
+            let _ = std::fs::write(dir.join(format!("commits-{nodes}n-{signature}.csv")), text);
+            let mut text = String::from("sent_ms,replied_ms,view,seqno\n");
+            for sample in &samples {
+                text += &format!(
+                    "{:.3},{:.3},{},{}\n",
+                    sample.sent_ns as f64 / 1e6,
+                    sample.replied_ns as f64 / 1e6,
+                    sample.view,
+                    sample.seqno
+                );
+            }
+            let _ = std::fs::write(dir.join(format!("writes-{nodes}n-{signature}.csv")), text);
+        }
         let mut join = join_commits(&samples, &observations);
         self.written = outcome.last_counters.clone();
         self.runs.push(figures(
@@ -381,6 +427,7 @@ impl Bench {
             outcome.errors,
             join.uncommitted,
             join.view_changed,
+            outcome.server_cpu_s,
         ));
         if reads {
             let targets: Vec<(&str, Vec<std::net::SocketAddr>)> = vec![
@@ -403,6 +450,7 @@ impl Bench {
                 let label = format!("Charter {nodes} nodes, reads on {target}");
                 let outcome = closed_loop(
                     readers,
+                    &sandbox.pids(),
                     self.origin,
                     &label,
                     Duration::ZERO,
@@ -425,6 +473,7 @@ impl Bench {
                     outcome.errors,
                     0,
                     0,
+                    outcome.server_cpu_s,
                 ));
             }
         }

@@ -99,6 +99,10 @@ pub struct BenchArgs {
         default_value = "100:10,1000:10,1000:20,5000:50,5000:100"
     )]
     pub sweep: Vec<SignatureInterval>,
+    /// Charter's snapshot interval in committed transactions (0: no snapshots), passed to
+    /// `charter sandbox` (whose default is 10,000, as here).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_interval_txs: u64,
     /// Skip the signature sweep.
     #[arg(long)]
     pub no_sweep: bool,

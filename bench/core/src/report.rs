@@ -75,6 +75,11 @@ pub struct RunFigures {
     pub view_changed: u64,
     /// Latency to global commit (writes) or to reply (reads).
     pub latency: LatencySummary,
+    /// CPU seconds the servers (all nodes or members) used in the measured window.
+    pub server_cpu_s: f64,
+    /// Server CPU milliseconds per operation: a cost that, unlike throughput, barely depends
+    /// on what else the shared machine runs.
+    pub server_cpu_ms_per_operation: f64,
 }
 
 /// Charter against etcd: ratio of throughputs (higher is better) and of p99 latencies (lower is
@@ -170,7 +175,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<34} {:>5} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>8} {:>8}",
+                "{:<34} {:>5} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>8} {:>8} {:>8.3}",
                 run.label,
                 run.nodes,
                 run.operations_per_s,
@@ -180,6 +185,7 @@ impl Report {
                 run.errors + run.uncommitted + run.view_changed,
                 throughput,
                 p99,
+                run.server_cpu_ms_per_operation,
             );
         }
         match self.target_met {
@@ -234,6 +240,8 @@ mod tests {
                 p99_9_ms: p99 * 1.5,
                 max_ms: p99 * 2.0,
             },
+            server_cpu_s: 10.0,
+            server_cpu_ms_per_operation: 10_000.0 / (ops * 10.0),
         }
     }
 
