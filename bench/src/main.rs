@@ -332,9 +332,15 @@ impl Bench {
                 profiler = process::spawn_logged(&mut command, &args.out_dir.join("perf.log")).ok();
             }
         }
+        // Labels are unique within a run: the table finds each run's ratio by label.
         let label = format!(
-            "Charter {nodes} node{}, writes {}",
+            "Charter {nodes} node{}, {} {}",
             if nodes == 1 { "" } else { "s" },
+            if role == Role::Sweep {
+                "sweep"
+            } else {
+                "writes"
+            },
             signature
         );
         let outcome = closed_loop(

@@ -43,7 +43,7 @@ pub enum Role {
 /// Everything measured in one run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunFigures {
-    /// Short name shown in the table.
+    /// Short name shown in the table, unique within a report.
     pub label: String,
     /// The system measured.
     pub system: System,
@@ -112,11 +112,21 @@ pub struct Report {
 
 impl Report {
     /// Builds the report, computing ratios against the etcd run of each workload.
+    ///
+    /// # Panics
+    /// If two runs have the same label.
     pub fn new(
         configuration: serde_json::Value,
         environment: serde_json::Value,
         runs: Vec<RunFigures>,
     ) -> Self {
+        for (index, run) in runs.iter().enumerate() {
+            assert!(
+                runs[..index].iter().all(|other| other.label != run.label),
+                "two runs labelled {:?}",
+                run.label
+            );
+        }
         let baseline = |workload: Workload| {
             runs.iter()
                 .find(|run| run.system == System::Etcd && run.workload == workload)
@@ -276,6 +286,16 @@ mod tests {
         let report = Report::new(serde_json::json!({}), serde_json::json!({}), runs);
         assert_eq!(report.target_met, Some(false));
         assert!(report.table().contains("NOT MET"));
+    }
+
+    #[test]
+    #[should_panic(expected = "two runs labelled")]
+    fn labels_are_unique() {
+        let runs = vec![
+            run("charter 3", System::Charter, Role::Comparison, 7500.0, 30.0),
+            run("charter 3", System::Charter, Role::Sweep, 7500.0, 30.0),
+        ];
+        let _ = Report::new(serde_json::json!({}), serde_json::json!({}), runs);
     }
 
     #[test]
