@@ -161,7 +161,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<34} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8}",
+            "{:<34} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8} {:>10} {:>9}",
             "run",
             "nodes",
             "ops/s",
@@ -170,9 +170,10 @@ impl Report {
             "p99.9 ms",
             "errors",
             "x etcd/s",
-            "x etcd p99"
+            "x etcd p99",
+            "cpu ms/op"
         );
-        let _ = writeln!(out, "{}", "-".repeat(104));
+        let _ = writeln!(out, "{}", "-".repeat(125));
         for run in &self.runs {
             let ratio = self.ratios.iter().find(|ratio| ratio.label == run.label);
             let (throughput, p99) = match ratio {
@@ -185,7 +186,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<34} {:>5} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>8} {:>8} {:>8.3}",
+                "{:<34} {:>5} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>8} {:>10} {:>9.3}",
                 run.label,
                 run.nodes,
                 run.operations_per_s,
@@ -271,6 +272,7 @@ mod tests {
         assert!(table.contains("charter 3"));
         assert!(table.contains("2.50"));
         assert!(table.contains("MET"));
+        assert!(table.contains("cpu ms/op"));
         let json: serde_json::Value = serde_json::from_str(&report.json()).expect("valid JSON");
         assert_eq!(json["runs"][1]["operations_per_s"], 7500.0);
         assert_eq!(json["runs"][0]["system"], "etcd");
