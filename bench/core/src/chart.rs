@@ -26,10 +26,10 @@ pub struct Series {
     pub points: Vec<Point>,
 }
 
-const WIDTH: f64 = 800.0;
+const WIDTH: f64 = 840.0;
 const HEIGHT: f64 = 520.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 220.0;
+const RIGHT: f64 = 260.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 const TICKS: usize = 5;
