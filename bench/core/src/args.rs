@@ -85,7 +85,7 @@ pub struct BenchArgs {
     /// Seconds measured per read phase.
     #[arg(long, default_value_t = 5)]
     pub read_duration_s: u64,
-    /// Short phases and a two-point sweep: about a minute and a half in all.
+    /// Short phases and a two-point sweep: under a minute of load in all.
     #[arg(long)]
     pub quick: bool,
     /// Charter's signature setting (TXS:MS) for the comparison with etcd and the 1-node run.
