@@ -10,6 +10,10 @@ echo "== cargo build"
 cargo build --workspace --all-targets
 echo "== cargo test"
 cargo test --workspace
+# The benchmark harness is a workspace of its own (bench/: etcd-client needs protoc); its pure
+# parts (arguments, statistics, report, chart) build in seconds and are tested here.
+echo "== benchmark harness: pure parts"
+cargo test --manifest-path bench/Cargo.toml -p charter-bench-core
 # 1,000 simulator seeds on both cores (a dev build: the curve crates are optimized even there),
 # with the report: seeds/s, simulated hours, faults injected by kind.
 echo "== deterministic simulation: 1,000 seeds"

@@ -358,6 +358,11 @@ impl LedgerFiles {
         self.snapshots.write(seqno, bytes)
     }
 
+    /// The snapshot files next to this ledger, for a writer on another thread.
+    pub fn snapshot_files(&self) -> SnapshotFiles {
+        self.snapshots.clone()
+    }
+
     /// Commits the snapshot at `seqno` with its evidence (see [`SnapshotFiles::commit`]).
     ///
     /// # Errors

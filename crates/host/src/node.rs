@@ -184,6 +184,9 @@ fn default_body_bytes() -> usize {
 pub type NodeError = String;
 
 const TICK_MS: u64 = 10;
+/// Longest a moved commit index waits before it is written to the hard-state file (see
+/// `CoreLoop::save_commit_if_due`).
+const COMMIT_SAVE_INTERVAL_MS: u64 = 100;
 /// How long a follower waits for the primary to answer a forwarded request.
 const FORWARD_TIMEOUT_MS: u64 = 10_000;
 /// File (in the node directory) naming the nodes a joined node first talks to.
@@ -710,12 +713,96 @@ fn own_evidence(node_key: &SigningKey) -> Result<charter_attest::Evidence, NodeE
 }
 
 /// The core's event loop: owns the node and the ledger files.
+/// Snapshot files waiting for the snapshot thread; more are dropped (a lost snapshot costs
+/// only a later one).
+const SNAPSHOT_JOBS_MAX: usize = 4;
+
+/// Work for the snapshot thread.
+enum SnapshotJob {
+    Write { seqno: u64, bytes: Vec<u8> },
+    Commit { seqno: u64, evidence: Vec<u8> },
+}
+
+/// Writes snapshot files on a thread of its own, in the order submitted: encoding happens in
+/// the core, but writing and syncing a snapshot of a large store (and rewriting it with its
+/// evidence at commit) took the core thread away for tens of milliseconds, which stalled
+/// every commit behind it.
+struct SnapshotWriter {
+    jobs: Option<mpsc::SyncSender<SnapshotJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SnapshotWriter {
+    fn start(files: crate::files::SnapshotFiles) -> Result<SnapshotWriter, NodeError> {
+        let (jobs, receiver) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_JOBS_MAX);
+        let thread = std::thread::Builder::new()
+            .name("charter-snapshots".to_owned())
+            .spawn(move || {
+                // Ends when the core loop drops the sender.
+                for job in receiver {
+                    // A lost snapshot costs only a later one: report, do not stop the node.
+                    match job {
+                        SnapshotJob::Write { seqno, bytes } => {
+                            if let Err(error) = files.write(seqno, &bytes) {
+                                tracing::warn!(seqno, %error, "cannot write the snapshot");
+                            }
+                        }
+                        SnapshotJob::Commit { seqno, evidence } => {
+                            if let Err(error) = files.commit(seqno, &evidence) {
+                                tracing::warn!(seqno, %error, "cannot commit the snapshot");
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|error| format!("cannot start the snapshot thread: {error}"))?;
+        Ok(SnapshotWriter {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
+    }
+
+    fn submit(&self, job: SnapshotJob) {
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        if let Err(error) = jobs.try_send(job) {
+            let job = match error {
+                mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => job,
+            };
+            let seqno = match job {
+                SnapshotJob::Write { seqno, .. } | SnapshotJob::Commit { seqno, .. } => seqno,
+            };
+            tracing::warn!(seqno, "snapshot thread busy or gone: snapshot work dropped");
+        }
+    }
+
+    /// Waits for the submitted snapshot files to be written.
+    fn finish(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for SnapshotWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 struct CoreLoop {
     node: Node,
     files: LedgerFiles,
+    snapshots: SnapshotWriter,
     pending: HashMap<RequestId, Reply>,
     next_request: u64,
     hard_state: HardStateRecord,
+    /// The commit index last written to the hard-state file, when, and the voters then.
+    commit_saved: u64,
+    commit_saved_at: Instant,
+    commit_saved_voters: Vec<u64>,
     started: Instant,
     book: PeerBook,
     forwarded: HashMap<u64, Forwarded>,
@@ -883,6 +970,34 @@ impl CoreLoop {
         }
     }
 
+    /// Writes a moved commit index to the hard-state file (without waiting for the disk) when
+    /// `force`, when the voters changed since the last write, or at most every
+    /// [`COMMIT_SAVE_INTERVAL_MS`]. A restarting replica applies the configuration changes up to
+    /// the saved commit index: a stale one would leave it with an old configuration (e.g. the
+    /// genesis node alone, able to elect itself), so a change of voters is written at once.
+    /// Otherwise a stale index only makes a restarted replica learn its commit point from the
+    /// primary again; writing it for every batch (a file created and renamed each time) cost
+    /// about a fifth of the core thread under load.
+    fn save_commit_if_due(&mut self, force: bool) -> Result<(), NodeError> {
+        if self.hard_state.commit == self.commit_saved {
+            return Ok(());
+        }
+        let voters = self.node.voters();
+        let due = force
+            || voters != self.commit_saved_voters
+            || self.commit_saved_at.elapsed() >= Duration::from_millis(COMMIT_SAVE_INTERVAL_MS);
+        if !due {
+            return Ok(());
+        }
+        self.files
+            .save_commit(self.hard_state)
+            .map_err(|e| e.to_string())?;
+        self.commit_saved = self.hard_state.commit;
+        self.commit_saved_at = Instant::now();
+        self.commit_saved_voters = voters;
+        Ok(())
+    }
+
     /// Carries out actions; syncs once per batch and feeds durability back. Bounded rounds.
     fn perform(&mut self, mut actions: Vec<Action>) -> Result<(), NodeError> {
         for _ in 0..64 {
@@ -918,25 +1033,31 @@ impl CoreLoop {
                             self.files
                                 .save_hard_state(state)
                                 .map_err(|e| e.to_string())?;
+                            self.hard_state = state;
+                            self.commit_saved = state.commit;
                         } else if state.commit != self.hard_state.commit {
                             // A restarting replica applies the configuration changes up to the
                             // saved commit index: a stale one would leave it with an old
                             // configuration (e.g. the genesis node alone, able to elect itself).
-                            // So a commit index that passes a configuration change is durable
-                            // before anything acts on the new configuration, even across a
-                            // power loss; other advances are written without waiting for the
-                            // disk (they survive a killed process).
-                            let passes_change = self
-                                .conf_change_seqnos
-                                .range(self.hard_state.commit + 1..=state.commit)
-                                .next()
-                                .is_some();
+                            // So a commit index that passes a configuration change is saved
+                            // with fsync before anything acts on the new configuration, even
+                            // across a power loss; other advances are saved lazily.
+                            let passes_change = state.commit > self.commit_saved
+                                && self
+                                    .conf_change_seqnos
+                                    .range(self.commit_saved + 1..=state.commit)
+                                    .next()
+                                    .is_some();
+                            self.hard_state = state;
                             if passes_change {
                                 self.files
                                     .save_hard_state(state)
                                     .map_err(|e| e.to_string())?;
+                                self.commit_saved = state.commit;
+                                self.commit_saved_at = Instant::now();
+                                self.commit_saved_voters = self.node.voters();
                             } else {
-                                self.files.save_commit(state).map_err(|e| e.to_string())?;
+                                self.save_commit_if_due(false)?;
                             }
                         }
                         self.hard_state = state;
@@ -965,20 +1086,17 @@ impl CoreLoop {
                         .files
                         .close_chunk(last_seqno)
                         .map_err(|e| e.to_string())?,
-                    // A lost snapshot costs only a later one: report, do not stop the node.
+                    // Snapshot files are written by the snapshot thread, in order, so that
+                    // the core does not wait for megabytes to reach the disk.
                     Action::WriteSnapshot { seqno, bytes } => {
-                        if let Err(error) = self.files.write_snapshot(seqno, &bytes) {
-                            tracing::warn!(seqno, %error, "cannot write the snapshot");
-                        }
-                    }
-                    Action::CommitSnapshot { seqno, evidence } => {
-                        if let Err(error) = self.files.commit_snapshot(seqno, &evidence) {
-                            tracing::warn!(seqno, %error, "cannot commit the snapshot");
-                        }
+                        self.snapshots.submit(SnapshotJob::Write { seqno, bytes })
                     }
                     Action::SealLedgerSecrets { secrets } => {
                         reseal_secrets(&self.sealed_dir, &secrets)?;
                     }
+                    Action::CommitSnapshot { seqno, evidence } => self
+                        .snapshots
+                        .submit(SnapshotJob::Commit { seqno, evidence }),
                 }
             }
             for entries in reads {
@@ -1054,11 +1172,14 @@ impl CoreLoop {
                     )
                     .map_err(|e| e.to_string())?;
                 self.expire_forwarded();
+                self.save_commit_if_due(false)?;
                 next_tick = Instant::now() + tick;
             }
             self.perform(actions)?;
             if stop {
+                self.save_commit_if_due(true)?;
                 self.files.sync().map_err(|e| e.to_string())?;
+                self.snapshots.finish();
                 return Ok(());
             }
         }
@@ -1328,12 +1449,17 @@ pub fn run_node(
         .map_err(|error| format!("node channel on {node_address}: {error}"))?;
     let own_id = peers.node_id().to_owned();
     let hard_state = loaded.hard_state;
+    let snapshots = SnapshotWriter::start(files.snapshot_files())?;
     let mut core = CoreLoop {
         node,
         files,
+        snapshots,
         pending: HashMap::new(),
         next_request: 0,
         hard_state,
+        commit_saved: hard_state.commit,
+        commit_saved_at: Instant::now(),
+        commit_saved_voters: Vec::new(),
         started: Instant::now(),
         book: PeerBook {
             peers: peers.clone(),
@@ -1349,6 +1475,7 @@ pub fn run_node(
         sealed_dir: config.node_dir.join("sealed"),
         conf_change_seqnos,
     };
+    core.commit_saved_voters = core.node.voters();
     // A first tick gives the core the wall clock before any request arrives.
     core.node
         .step(
