@@ -37,7 +37,7 @@ pub use error::CoreError;
 pub use join::ENDORSED_CERT_DAYS;
 pub use node::{
     raft_id, Action, FetchedEntries, Input, MemberShare, Node, NodeConfig, PreviousServiceIdentity,
-    RecoveryShares, StartMode, TxStatus, FORWARDED_HEADER, GENESIS_VOTERS_KEY,
+    RecoveryShares, SnapshotWork, StartMode, TxStatus, FORWARDED_HEADER, GENESIS_VOTERS_KEY,
     PREVIOUS_SERVICE_KEY, PREVIOUS_SERVICE_MAP, RAFT_MAP, READ_CONSISTENCY_HEADER,
     RECOVERED_AT_KEY, RECOVERY_REQUESTS_MAP, RECOVERY_SHARES_KEY, RECOVERY_SHARES_MAP,
     RECOVERY_SUBMISSIONS_MAP, SNAPSHOTS_AWAITING_EVIDENCE_MAX,

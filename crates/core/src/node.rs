@@ -63,6 +63,14 @@ pub enum Input {
         /// Seqnos and entry bytes.
         entries: FetchedEntries,
     },
+    /// The snapshot of [`Action::EncodeSnapshot`] at `seqno` is encoded and saved; `digest` is
+    /// the SHA-256 of its bytes.
+    SnapshotEncoded {
+        /// Seqno of the snapshot.
+        seqno: u64,
+        /// SHA-256 of the snapshot's bytes.
+        digest: Digest,
+    },
     /// Everything the host was asked to append or save before [`Action::Sync`] with this
     /// token is now durable.
     Durable {
@@ -143,15 +151,11 @@ pub enum Action {
         /// [`LedgerSecrets::to_json`] of every secret the node holds.
         secrets: serde_json::Value,
     },
-    /// Save this snapshot of the state at the committed signature `seqno` durably (as
-    /// `snapshot_SEQNO`). Every node emits the same bytes for the same seqno. Nothing waits
-    /// for it: a lost snapshot only means a later one is used.
-    WriteSnapshot {
-        /// Seqno of the signature transaction the snapshot is taken at.
-        seqno: u64,
-        /// The snapshot (`charter_ledger::snapshot` format).
-        bytes: Vec<u8>,
-    },
+    /// Encode this snapshot of the state at the committed signature `seqno` (off the core
+    /// thread: it covers the whole history and state), save it durably as `snapshot_SEQNO`, and
+    /// return its SHA-256 digest with [`Input::SnapshotEncoded`]. Every node encodes the same
+    /// bytes for the same seqno. A lost snapshot only means a later one is used.
+    EncodeSnapshot(Box<SnapshotWork>),
     /// The evidence transaction of the snapshot at `seqno` is committed: store the snapshot
     /// written for [`Action::WriteSnapshot`] followed by `evidence` as the committed snapshot
     /// file (`charter_ledger::encode_committed_snapshot`, named `snapshot_SEQNO.committed`).
@@ -305,6 +309,58 @@ pub enum StartMode {
     },
 }
 
+/// Everything a snapshot covers, owned, so that the host can encode it off the core thread
+/// ([`Action::EncodeSnapshot`]).
+#[derive(Clone)]
+pub struct SnapshotWork {
+    /// Seqno of the signature the snapshot is taken at.
+    pub seqno: u64,
+    view: u64,
+    store: charter_kv::Snapshot,
+    leaves: Vec<SnapshotLeaf>,
+    signatures: Vec<SignatureRecord>,
+    views: Vec<(u64, u64)>,
+    conf_changes: Vec<(u64, Vec<u8>)>,
+    secret: LedgerSecret,
+}
+
+impl std::fmt::Debug for SnapshotWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotWork")
+            .field("seqno", &self.seqno)
+            .field("view", &self.view)
+            .field("leaves", &self.leaves.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two pieces of work are equal when they encode the same snapshot.
+impl PartialEq for SnapshotWork {
+    fn eq(&self, other: &SnapshotWork) -> bool {
+        self.seqno == other.seqno && self.view == other.view && self.encode() == other.encode()
+    }
+}
+
+impl Eq for SnapshotWork {}
+
+impl SnapshotWork {
+    /// The snapshot's bytes (`charter_ledger::snapshot` format); the same on every node.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_snapshot(
+            &SnapshotContents {
+                seqno: self.seqno,
+                view: self.view,
+                store: &self.store,
+                leaves: &self.leaves,
+                signatures: &self.signatures,
+                views: &self.views,
+                conf_changes: &self.conf_changes,
+            },
+            &self.secret,
+        )
+    }
+}
+
 /// What the node remembers of each transaction to build receipts.
 #[derive(Clone, Copy, Debug)]
 struct LeafInfo {
@@ -338,6 +394,9 @@ pub struct Node {
     pub(crate) secrets: LedgerSecrets,
     /// Randomness for fresh secrets, seeded from the host's entropy.
     pub(crate) rng: ChaCha20Rng,
+    /// Committed snapshot evidence waiting for this node's snapshot digest: evidence seqno →
+    /// (snapshot seqno, digest).
+    evidence_committed: BTreeMap<u64, (u64, Digest)>,
     /// A recovery's old private entries and submitted partial decryptions.
     pub(crate) recovery: recovery::RecoveryProgress,
     /// The secrets changed in a way the host must seal.
@@ -482,6 +541,7 @@ impl Node {
             secrets: config.ledger_secrets.clone(),
             rng,
             recovery: recovery::RecoveryProgress::default(),
+            evidence_committed: BTreeMap::new(),
             seal_secrets: false,
             force_snapshot_point: false,
             node_id,
@@ -654,18 +714,30 @@ impl Node {
                 break;
             }
             let (seqno, point) = entry.remove_entry();
-            let bytes = self.encode_snapshot(seqno, &point);
+            let work = self.snapshot_work(seqno, &point);
             self.snapshot_last = seqno;
-            self.snapshots_written
-                .insert(seqno, charter_crypto::sha256(&bytes));
-            while self.snapshots_written.len() > SNAPSHOTS_AWAITING_EVIDENCE_MAX {
-                self.snapshots_written.pop_first();
-            }
-            out.push(Action::WriteSnapshot { seqno, bytes });
+            out.push(Action::EncodeSnapshot(Box::new(work)));
         }
         let later = self.snapshot_evidence.split_off(&(self.commit_seqno + 1));
         let committed = std::mem::replace(&mut self.snapshot_evidence, later);
+        // Evidence whose snapshot is still being encoded waits for its digest (bounded).
+        self.evidence_committed.extend(committed);
+        while self.evidence_committed.len() > SNAPSHOTS_AWAITING_EVIDENCE_MAX {
+            self.evidence_committed.pop_first();
+        }
+        self.commit_snapshots(out);
+    }
+
+    /// Commits the snapshots this node encoded whose evidence is committed.
+    fn commit_snapshots(&mut self, out: &mut Vec<Action>) {
+        let committed = std::mem::take(&mut self.evidence_committed);
         for (evidence_seqno, (seqno, digest)) in committed {
+            if !self.snapshots_written.contains_key(&seqno) {
+                // Not encoded here yet (or lost): keep waiting for the digest.
+                self.evidence_committed
+                    .insert(evidence_seqno, (seqno, digest));
+                continue;
+            }
             // Only a node holding the very bytes the evidence names commits its snapshot.
             if self.snapshots_written.get(&seqno) != Some(&digest) {
                 continue;
@@ -683,8 +755,24 @@ impl Node {
         }
     }
 
-    /// The snapshot at the committed point `seqno`.
-    fn encode_snapshot(&self, seqno: u64, point: &SnapshotPoint) -> Vec<u8> {
+    /// A snapshot encoded and saved by the host: remember its digest, commit it if its
+    /// evidence is committed already, and (on the primary) write its evidence.
+    fn snapshot_encoded(
+        &mut self,
+        seqno: u64,
+        digest: Digest,
+        out: &mut Vec<Action>,
+    ) -> Result<(), CoreError> {
+        self.snapshots_written.insert(seqno, digest);
+        while self.snapshots_written.len() > SNAPSHOTS_AWAITING_EVIDENCE_MAX {
+            self.snapshots_written.pop_first();
+        }
+        self.commit_snapshots(out);
+        self.write_snapshot_evidence(out)
+    }
+
+    /// What the host needs to encode the snapshot at the committed point `seqno`.
+    fn snapshot_work(&self, seqno: u64, point: &SnapshotPoint) -> SnapshotWork {
         assert!(seqno <= self.commit_seqno && seqno <= self.ingested);
         let leaves: Vec<SnapshotLeaf> = self.leaves[..seqno as usize]
             .iter()
@@ -712,19 +800,16 @@ impl Node {
             .range(..=seqno)
             .map(|(at, change)| (*at, change.clone()))
             .collect();
-        let store = point.store.snapshot();
-        encode_snapshot(
-            &SnapshotContents {
-                seqno,
-                view: point.view,
-                store: &store,
-                leaves: &leaves,
-                signatures: &signatures,
-                views: &views,
-                conf_changes: &conf_changes,
-            },
-            self.secrets.for_seqno(seqno),
-        )
+        SnapshotWork {
+            seqno,
+            view: point.view,
+            store: point.store.snapshot(),
+            leaves,
+            signatures,
+            views,
+            conf_changes,
+            secret: self.secrets.for_seqno(seqno).clone(),
+        }
     }
 
     /// The primary records the digest of every snapshot it (or an earlier primary) wrote and
@@ -1098,6 +1183,9 @@ impl Node {
                     let _ = from;
                 }
                 self.drain_consensus(out)?;
+            }
+            Input::SnapshotEncoded { seqno, digest } => {
+                self.snapshot_encoded(seqno, digest, out)?;
             }
             Input::EntriesRead { entries } => {
                 for (seqno, bytes) in entries {

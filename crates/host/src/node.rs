@@ -719,22 +719,25 @@ const SNAPSHOT_JOBS_MAX: usize = 4;
 
 /// Work for the snapshot thread.
 enum SnapshotJob {
-    Write { seqno: u64, bytes: Vec<u8> },
+    Encode(Box<charter_core::SnapshotWork>),
     Commit { seqno: u64, evidence: Vec<u8> },
 }
 
-/// Writes snapshot files on a thread of its own, in the order submitted: encoding happens in
-/// the core, but writing and syncing a snapshot of a large store (and rewriting it with its
-/// evidence at commit) took the core thread away for tens of milliseconds, which stalled
-/// every commit behind it.
+/// Encodes and writes snapshot files on a thread of its own, in the order submitted: encoding
+/// a snapshot covers the whole history and state, and encoding, writing and syncing it (and
+/// rewriting it with its evidence at commit) took the core thread away for 100-200 ms, which
+/// stalled every commit behind it. Each encoded snapshot's digest goes back to the core.
 struct SnapshotWriter {
     jobs: Option<mpsc::SyncSender<SnapshotJob>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Digests of the snapshots encoded and written, for [`Input::SnapshotEncoded`].
+    encoded: mpsc::Receiver<(u64, charter_crypto::Digest)>,
 }
 
 impl SnapshotWriter {
     fn start(files: crate::files::SnapshotFiles) -> Result<SnapshotWriter, NodeError> {
         let (jobs, receiver) = mpsc::sync_channel::<SnapshotJob>(SNAPSHOT_JOBS_MAX);
+        let (encoded_sender, encoded) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("charter-snapshots".to_owned())
             .spawn(move || {
@@ -742,9 +745,18 @@ impl SnapshotWriter {
                 for job in receiver {
                     // A lost snapshot costs only a later one: report, do not stop the node.
                     match job {
-                        SnapshotJob::Write { seqno, bytes } => {
-                            if let Err(error) = files.write(seqno, &bytes) {
-                                tracing::warn!(seqno, %error, "cannot write the snapshot");
+                        SnapshotJob::Encode(work) => {
+                            let seqno = work.seqno;
+                            let bytes = work.encode();
+                            drop(work);
+                            match files.write(seqno, &bytes) {
+                                Ok(()) => {
+                                    let digest = charter_crypto::sha256(&bytes);
+                                    let _ = encoded_sender.send((seqno, digest));
+                                }
+                                Err(error) => {
+                                    tracing::warn!(seqno, %error, "cannot write the snapshot");
+                                }
                             }
                         }
                         SnapshotJob::Commit { seqno, evidence } => {
@@ -759,6 +771,7 @@ impl SnapshotWriter {
         Ok(SnapshotWriter {
             jobs: Some(jobs),
             thread: Some(thread),
+            encoded,
         })
     }
 
@@ -771,7 +784,8 @@ impl SnapshotWriter {
                 mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => job,
             };
             let seqno = match job {
-                SnapshotJob::Write { seqno, .. } | SnapshotJob::Commit { seqno, .. } => seqno,
+                SnapshotJob::Encode(work) => work.seqno,
+                SnapshotJob::Commit { seqno, .. } => seqno,
             };
             tracing::warn!(seqno, "snapshot thread busy or gone: snapshot work dropped");
         }
@@ -1088,8 +1102,8 @@ impl CoreLoop {
                         .map_err(|e| e.to_string())?,
                     // Snapshot files are written by the snapshot thread, in order, so that
                     // the core does not wait for megabytes to reach the disk.
-                    Action::WriteSnapshot { seqno, bytes } => {
-                        self.snapshots.submit(SnapshotJob::Write { seqno, bytes })
+                    Action::EncodeSnapshot(work) => {
+                        self.snapshots.submit(SnapshotJob::Encode(work))
                     }
                     Action::SealLedgerSecrets { secrets } => {
                         reseal_secrets(&self.sealed_dir, &secrets)?;
@@ -1159,6 +1173,12 @@ impl CoreLoop {
                     break;
                 }
                 message = receiver.try_recv().ok();
+            }
+            // Snapshots the snapshot thread encoded since the last round.
+            while let Ok((seqno, digest)) = self.snapshots.encoded.try_recv() {
+                self.node
+                    .step(Input::SnapshotEncoded { seqno, digest }, &mut actions)
+                    .map_err(|e| e.to_string())?;
             }
             if Instant::now() >= next_tick {
                 let now_ms = self.now_ms();

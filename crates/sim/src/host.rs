@@ -314,7 +314,16 @@ impl SimNode {
                     )),
                     // Snapshots are taken only with snapshot_interval_txs > 0; the simulator
                     // keeps its runs below the interval and ignores them.
-                    Action::WriteSnapshot { .. } | Action::CommitSnapshot { .. } => {}
+                    // Snapshots are encoded (their digest is what the evidence records) but not kept:
+                    // the simulated nodes never start from one.
+                    Action::EncodeSnapshot(work) => {
+                        let digest = charter_crypto::sha256(&work.encode());
+                        inputs.push(Input::SnapshotEncoded {
+                            seqno: work.seqno,
+                            digest,
+                        });
+                    }
+                    Action::CommitSnapshot { .. } => {}
                     Action::CloseChunk { .. } => {}
                     // The simulated nodes never recover a service.
                     Action::SealLedgerSecrets { .. } => {}

@@ -338,6 +338,7 @@ impl Harness {
     /// Plays the host: applies actions, reports durability at once.
     pub fn host(&mut self, mut actions: Vec<Action>) {
         let mut reads: Vec<Vec<(u64, Option<Vec<u8>>)>> = Vec::new();
+        let mut encoded: Vec<(u64, charter_crypto::Digest)> = Vec::new();
         for _ in 0..100 {
             let mut sync = None;
             for action in actions.drain(..) {
@@ -366,13 +367,17 @@ impl Harness {
                         self.ledger.truncate(keep);
                         self.files.truncate(keep);
                     }
-                    Action::WriteSnapshot { seqno, bytes } => {
+                    Action::EncodeSnapshot(work) => {
+                        let seqno = work.seqno;
+                        let bytes = work.encode();
+                        let digest = charter_crypto::sha256(&bytes);
                         if let Some(earlier) = self.snapshots.insert(seqno, bytes.clone()) {
                             assert_eq!(
                                 earlier, bytes,
                                 "snapshot {seqno} written twice, differently"
                             );
                         }
+                        encoded.push((seqno, digest));
                     }
                     Action::CommitSnapshot { seqno, evidence } => {
                         let bytes = self.snapshots.get(&seqno).expect("a written snapshot");
@@ -412,6 +417,11 @@ impl Harness {
             for entries in reads.drain(..) {
                 self.node
                     .step(Input::EntriesRead { entries }, &mut actions)
+                    .unwrap();
+            }
+            for (seqno, digest) in encoded.drain(..) {
+                self.node
+                    .step(Input::SnapshotEncoded { seqno, digest }, &mut actions)
                     .unwrap();
             }
             match sync {
