@@ -270,33 +270,10 @@ fn members_write(
             format!("no endpoint at /gov/members/{path}"),
         ));
     };
-    match request.header("content-type") {
-        Some(kind) if kind.split(';').next().map(str::trim) == Some("application/cose") => {}
-        other => {
-            return Ok(Response::error(
-                415,
-                "UnsupportedContentType",
-                format!("governance requests are COSE Sign1 with content-type application/cose, not {other:?}"),
-            ))
-        }
-    }
-    if !node.is_primary() {
-        return Ok(Response::error(
-            503,
-            "NotPrimary",
-            "this node is not the primary",
-        ));
-    }
-    let mut tx = node.begin();
-    let freshness = Freshness {
-        now_unix_s: node.unix_time_s(),
-        window_s: node.gov_request_window_s(),
+    let (mut tx, member_request) = match authenticated_request(node, request, msg_type) {
+        Ok(authenticated) => authenticated,
+        Err(response) => return Ok(response),
     };
-    let member_request: MemberRequest =
-        match requests::authenticate(&mut tx, &request.body, msg_type, freshness) {
-            Ok(member_request) => member_request,
-            Err(error) => return Ok(gov_error(&error)),
-        };
     let result = match operation {
         Operation::Create => requests::create_proposal(&mut tx, &member_request),
         Operation::Ballot {
@@ -381,34 +358,10 @@ fn submit_share(
     request: &Request,
     out: &mut Vec<Action>,
 ) -> Result<Response, CoreError> {
-    match request.header("content-type") {
-        Some(kind) if kind.split(';').next().map(str::trim) == Some("application/cose") => {}
-        other => {
-            return Ok(Response::error(
-                415,
-                "UnsupportedContentType",
-                format!(
-                "recovery shares are COSE Sign1 with content-type application/cose, not {other:?}"
-            ),
-            ))
-        }
-    }
-    if !node.is_primary() {
-        return Ok(Response::error(
-            503,
-            "NotPrimary",
-            "this node is not the primary",
-        ));
-    }
-    let mut tx = node.begin();
-    let freshness = Freshness {
-        now_unix_s: node.unix_time_s(),
-        window_s: node.gov_request_window_s(),
-    };
-    let member_request =
-        match requests::authenticate(&mut tx, &request.body, RECOVERY_SHARE_MSG_TYPE, freshness) {
-            Ok(member_request) => member_request,
-            Err(error) => return Ok(gov_error(&error)),
+    let (mut tx, member_request) =
+        match authenticated_request(node, request, RECOVERY_SHARE_MSG_TYPE) {
+            Ok(authenticated) => authenticated,
+            Err(response) => return Ok(response),
         };
     if member_request.member_id != member_id {
         return Ok(Response::error(
@@ -464,4 +417,42 @@ fn submit_share(
     }
     Ok(Response::json(200, &json!({"message": message}))
         .with_header("x-ms-ccf-transaction-id", tx_id.to_string()))
+}
+
+/// Checks a member's signed request on the primary: COSE content type, then signature,
+/// message type, freshness and replay (recorded in the returned transaction).
+fn authenticated_request(
+    node: &Node,
+    request: &Request,
+    msg_type: &str,
+) -> Result<(Tx, MemberRequest), Response> {
+    match request.header("content-type") {
+        Some(kind) if kind.split(';').next().map(str::trim) == Some("application/cose") => {}
+        other => {
+            return Err(Response::error(
+                415,
+                "UnsupportedContentType",
+                format!(
+                    "signed member requests are COSE Sign1 with content-type application/cose, \
+                     not {other:?}"
+                ),
+            ))
+        }
+    }
+    if !node.is_primary() {
+        return Err(Response::error(
+            503,
+            "NotPrimary",
+            "this node is not the primary",
+        ));
+    }
+    let mut tx = node.begin();
+    let freshness = Freshness {
+        now_unix_s: node.unix_time_s(),
+        window_s: node.gov_request_window_s(),
+    };
+    match requests::authenticate(&mut tx, &request.body, msg_type, freshness) {
+        Ok(member_request) => Ok((tx, member_request)),
+        Err(error) => Err(gov_error(&error)),
+    }
 }

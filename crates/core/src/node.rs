@@ -157,7 +157,7 @@ pub enum Action {
     /// bytes for the same seqno. A lost snapshot only means a later one is used.
     EncodeSnapshot(Box<SnapshotWork>),
     /// The evidence transaction of the snapshot at `seqno` is committed: store the snapshot
-    /// written for [`Action::WriteSnapshot`] followed by `evidence` as the committed snapshot
+    /// written for [`Action::EncodeSnapshot`] followed by `evidence` as the committed snapshot
     /// file (`charter_ledger::encode_committed_snapshot`, named `snapshot_SEQNO.committed`).
     CommitSnapshot {
         /// Seqno of the snapshot.

@@ -262,25 +262,8 @@ fn operators_see_nodes_consensus_progress_and_metrics() {
 }
 
 /// Passes a proposal with `actions` on the primary harness (one member, so one ballot).
-fn pass(primary: &mut Harness, actions: serde_json::Value) {
-    let member_id = primary.member.fingerprint_hex();
-    let proposal = serde_json::json!({ "actions": actions }).to_string();
-    let created = primary.gov(
-        "/gov/members/proposals:create",
-        "proposal",
-        None,
-        proposal.as_bytes(),
-    );
-    let id = created["proposalId"].as_str().unwrap().to_owned();
-    let ballot =
-        serde_json::json!({"ballot": "export function vote(p, id) { return true; }"}).to_string();
-    let voted = primary.gov(
-        &format!("/gov/members/proposals/{id}/ballots/{member_id}:submit"),
-        "ballot",
-        Some(&id),
-        ballot.as_bytes(),
-    );
-    assert_eq!(voted["proposalState"], "Accepted", "{voted}");
+fn pass(harness: &mut Harness, actions: serde_json::Value) {
+    harness.pass(actions);
 }
 
 #[test]

@@ -200,24 +200,9 @@ fn join_is_checked_against_the_manifests_and_trusted_by_vote() {
     );
 
     // Governance trusts the pending node.
-    let member_id = harness.member.fingerprint_hex();
-    let proposal = serde_json::json!({"actions": [{"name": "transition_node_to_trusted", "args": {"node_id": node_id}}]}).to_string();
-    let created = harness.gov(
-        "/gov/members/proposals:create",
-        "proposal",
-        None,
-        proposal.as_bytes(),
-    );
-    let id = created["proposalId"].as_str().unwrap().to_owned();
-    let ballot =
-        serde_json::json!({"ballot": "export function vote(p, id) { return true; }"}).to_string();
-    let voted = harness.gov(
-        &format!("/gov/members/proposals/{id}/ballots/{member_id}:submit"),
-        "ballot",
-        Some(&id),
-        ballot.as_bytes(),
-    );
-    assert_eq!(voted["proposalState"], "Accepted", "{voted}");
+    harness.pass(serde_json::json!([
+        {"name": "transition_node_to_trusted", "args": {"node_id": node_id}}
+    ]));
     let nodes = harness.request(Method::Get, "/gov/service/nodes", &[], b"", None);
     let nodes: serde_json::Value = serde_json::from_slice(&nodes.body).unwrap();
     let joined = nodes["value"]

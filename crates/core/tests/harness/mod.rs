@@ -294,6 +294,28 @@ impl Harness {
         serde_json::from_slice(&response.body).unwrap()
     }
 
+    /// member0 proposes `actions` and votes for them; the proposal must pass.
+    pub fn pass(&mut self, actions: serde_json::Value) {
+        let member_id = self.member.fingerprint_hex();
+        let proposal = serde_json::json!({ "actions": actions }).to_string();
+        let created = self.gov(
+            "/gov/members/proposals:create",
+            "proposal",
+            None,
+            proposal.as_bytes(),
+        );
+        let id = created["proposalId"].as_str().unwrap().to_owned();
+        let ballot = serde_json::json!({"ballot": "export function vote(p, id) { return true; }"})
+            .to_string();
+        let voted = self.gov(
+            &format!("/gov/members/proposals/{id}/ballots/{member_id}:submit"),
+            "ballot",
+            Some(&id),
+            ballot.as_bytes(),
+        );
+        assert_eq!(voted["proposalState"], "Accepted", "{voted}");
+    }
+
     /// The member acknowledges, proposes adding user0 and opening the service, and votes.
     pub fn open_service(&mut self) {
         let member_id = self.member.fingerprint_hex();
