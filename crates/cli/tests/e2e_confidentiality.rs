@@ -82,6 +82,36 @@ async fn wait_answering(address: std::net::SocketAddr, service_pem_path: &Path, 
     }
 }
 
+/// Waits until every node of `network` reports `tx_id` committed, so that reads on followers
+/// see it.
+async fn wait_committed_everywhere(network: &Network, tx_id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for index in 0..network.nodes.len() {
+        loop {
+            let path = format!("/node/tx?transaction_id={tx_id}");
+            let status = network.get(index, &path).await;
+            if status
+                .as_ref()
+                .is_some_and(|json| json["status"] == "Committed")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{tx_id} not committed on node{index}: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn tx_id_of(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body).unwrap()["transaction_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -131,7 +161,7 @@ async fn private_entries_rekeys_and_recovery_from_every_node_lost_with_m_of_n_sh
     )
     .await;
     assert_eq!(status, 200);
-    let (status, _) = request(
+    let (status, body) = request(
         &mut bob,
         "PUT",
         "/app/kv/note?readers=",
@@ -139,7 +169,8 @@ async fn private_entries_rekeys_and_recovery_from_every_node_lost_with_m_of_n_sh
     )
     .await;
     assert_eq!(status, 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both entries are on every node before anyone reads (carol reads on node2, bob on node1).
+    wait_committed_everywhere(&network, &tx_id_of(&body)).await;
     for (client, who) in [(&mut carol, "carol")] {
         for key in ["deal", "note"] {
             let (status, _) = request(client, "GET", &format!("/app/kv/{key}"), b"").await;
@@ -189,8 +220,8 @@ async fn private_entries_rekeys_and_recovery_from_every_node_lost_with_m_of_n_sh
     writer.await.unwrap();
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 20, "only {} writes", acked.len());
-    put(&mut alice, "public-key", "public value").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last = put(&mut alice, "public-key", "public value").await.unwrap();
+    wait_committed_everywhere(&network, &last).await;
     // Every entry reads back on every node.
     for index in 0..3 {
         let mut client = network.client(index, Some("user0")).await;
