@@ -1787,6 +1787,27 @@ impl Node {
         Ok(())
     }
 
+    /// Records this node as the first node of a service (genesis or recovery): Trusted in the
+    /// nodes table, and the only initial voter.
+    fn write_first_node(&self, write_set: &mut WriteSet) {
+        let node = NodeInfo {
+            cert: self.config.node_cert.to_pem(),
+            status: NodeStatus::Trusted,
+            rpc_address: self.config.rpc_address.clone(),
+            node_address: Some(self.config.node_address.clone()).filter(|a| !a.is_empty()),
+            evidence: Some(
+                serde_json::to_value(&self.config.evidence).expect("evidence serializes"),
+            ),
+        };
+        let record = serde_json::to_vec(&node).expect("a node record serializes");
+        write_set.put(NODES_MAP, self.node_id.as_bytes(), &record);
+        write_set.put(
+            RAFT_MAP,
+            GENESIS_VOTERS_KEY,
+            format!("[{}]", self.raft_id).as_bytes(),
+        );
+    }
+
     fn write_genesis(
         &mut self,
         members: &[Certificate],
@@ -1800,16 +1821,7 @@ impl Node {
             status: ServiceStatus::Opening,
         };
         write_set.put(SERVICE_MAP, SERVICE_KEY, &json(&service));
-        let node = NodeInfo {
-            cert: self.config.node_cert.to_pem(),
-            status: NodeStatus::Trusted,
-            rpc_address: self.config.rpc_address.clone(),
-            node_address: Some(self.config.node_address.clone()).filter(|a| !a.is_empty()),
-            evidence: Some(
-                serde_json::to_value(&self.config.evidence).expect("evidence serializes"),
-            ),
-        };
-        write_set.put(NODES_MAP, self.node_id.as_bytes(), &json(&node));
+        self.write_first_node(&mut write_set);
         for member in members {
             let info = gov::MemberInfo {
                 cert: member.to_pem(),
@@ -1844,11 +1856,6 @@ impl Node {
             gov::CODE_MANIFEST_MAP,
             self.config.evidence.measurement.as_bytes(),
             br#"{"status":"AllowedToJoin"}"#,
-        );
-        write_set.put(
-            RAFT_MAP,
-            GENESIS_VOTERS_KEY,
-            format!("[{}]", self.raft_id).as_bytes(),
         );
         let threshold = gov::ServiceConfig {
             recovery_threshold: 1,

@@ -76,11 +76,6 @@ impl LedgerSecrets {
         self.by_start.insert(start, secret);
     }
 
-    /// Whether a secret starts at `start`.
-    pub fn has_start(&self, start: u64) -> bool {
-        self.by_start.contains_key(&start)
-    }
-
     /// Forgets the secrets recorded by transactions after `seqno` (they were rolled back):
     /// those starting after `seqno + 1`. The first secret always stays.
     pub fn roll_back_to(&mut self, seqno: u64) {

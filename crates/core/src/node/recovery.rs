@@ -35,7 +35,7 @@ use charter_ledger::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Action, Node, GENESIS_VOTERS_KEY, RAFT_MAP};
+use super::{Action, Node, RAFT_MAP};
 use crate::CoreError;
 
 /// The current recovery shares, under [`RECOVERY_SHARES_KEY`]: JSON [`RecoveryShares`].
@@ -320,21 +320,7 @@ impl Node {
                 }
             }
         }
-        let own = NodeInfo {
-            cert: self.config.node_cert.to_pem(),
-            status: NodeStatus::Trusted,
-            rpc_address: self.config.rpc_address.clone(),
-            node_address: Some(self.config.node_address.clone()).filter(|a| !a.is_empty()),
-            evidence: Some(
-                serde_json::to_value(&self.config.evidence).expect("evidence serializes"),
-            ),
-        };
-        write_set.put(NODES_MAP, self.node_id.as_bytes(), &json(&own));
-        write_set.put(
-            RAFT_MAP,
-            GENESIS_VOTERS_KEY,
-            format!("[{}]", self.raft_id).as_bytes(),
-        );
+        self.write_first_node(&mut write_set);
         write_set.put(RAFT_MAP, RECOVERED_AT_KEY, end.to_string().as_bytes());
         self.write_transaction(EntryKind::Transaction, write_set, [0; 32], out)?;
         Ok(())
