@@ -813,10 +813,9 @@ struct CoreLoop {
     pending: HashMap<RequestId, Reply>,
     next_request: u64,
     hard_state: HardStateRecord,
-    /// The commit index last written to the hard-state file, when, and the voters then.
+    /// The commit index last written to the hard-state file, and when.
     commit_saved: u64,
     commit_saved_at: Instant,
-    commit_saved_voters: Vec<u64>,
     started: Instant,
     book: PeerBook,
     forwarded: HashMap<u64, Forwarded>,
@@ -985,20 +984,16 @@ impl CoreLoop {
     }
 
     /// Writes a moved commit index to the hard-state file (without waiting for the disk) when
-    /// `force`, when the voters changed since the last write, or at most every
-    /// [`COMMIT_SAVE_INTERVAL_MS`]. A restarting replica applies the configuration changes up to
-    /// the saved commit index: a stale one would leave it with an old configuration (e.g. the
-    /// genesis node alone, able to elect itself), so a change of voters is written at once.
-    /// Otherwise a stale index only makes a restarted replica learn its commit point from the
-    /// primary again; writing it for every batch (a file created and renamed each time) cost
-    /// about a fifth of the core thread under load.
+    /// `force` or at most every [`COMMIT_SAVE_INTERVAL_MS`]. (An index that passes a
+    /// configuration change is saved at once, with fsync, where the hard state arrives.) A stale
+    /// index otherwise only makes a restarted replica learn its commit point from the primary
+    /// again; writing it for every batch (a file created and renamed each time) cost about a
+    /// fifth of the core thread under load.
     fn save_commit_if_due(&mut self, force: bool) -> Result<(), NodeError> {
         if self.hard_state.commit == self.commit_saved {
             return Ok(());
         }
-        let voters = self.node.voters();
         let due = force
-            || voters != self.commit_saved_voters
             || self.commit_saved_at.elapsed() >= Duration::from_millis(COMMIT_SAVE_INTERVAL_MS);
         if !due {
             return Ok(());
@@ -1008,7 +1003,6 @@ impl CoreLoop {
             .map_err(|e| e.to_string())?;
         self.commit_saved = self.hard_state.commit;
         self.commit_saved_at = Instant::now();
-        self.commit_saved_voters = voters;
         Ok(())
     }
 
@@ -1069,7 +1063,6 @@ impl CoreLoop {
                                     .map_err(|e| e.to_string())?;
                                 self.commit_saved = state.commit;
                                 self.commit_saved_at = Instant::now();
-                                self.commit_saved_voters = self.node.voters();
                             } else {
                                 self.save_commit_if_due(false)?;
                             }
@@ -1479,7 +1472,6 @@ pub fn run_node(
         hard_state,
         commit_saved: hard_state.commit,
         commit_saved_at: Instant::now(),
-        commit_saved_voters: Vec::new(),
         started: Instant::now(),
         book: PeerBook {
             peers: peers.clone(),
@@ -1495,7 +1487,6 @@ pub fn run_node(
         sealed_dir: config.node_dir.join("sealed"),
         conf_change_seqnos,
     };
-    core.commit_saved_voters = core.node.voters();
     // A first tick gives the core the wall clock before any request arrives.
     core.node
         .step(
