@@ -12,10 +12,10 @@ use charter_ledger::tables::{
     SNAPSHOT_EVIDENCE_MAP,
 };
 use charter_ledger::{
-    commit_evidence, decode_entry, encode_conf_change, encode_entry, encode_noop, encode_snapshot,
-    verify_committed_snapshot, EntryKind, EntryParts, LedgerSecrets, NodeInfo, NodeStatus, Receipt,
-    ServiceInfo, ServiceStatus, SignatureRecord, SnapshotContents, SnapshotEvidence, SnapshotLeaf,
-    TxId,
+    commit_evidence, decode_entry, encode_conf_change, encode_entry, encode_noop,
+    encode_snapshot_into, verify_committed_snapshot, EntryKind, EntryParts, LedgerSecrets,
+    NodeInfo, NodeStatus, Receipt, ServiceInfo, ServiceStatus, SignatureRecord, SnapshotContents,
+    SnapshotEvidence, SnapshotLeaf, SnapshotLeaves, TxId,
 };
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -317,7 +317,7 @@ pub struct SnapshotWork {
     pub seqno: u64,
     view: u64,
     store: charter_kv::Snapshot,
-    leaves: Vec<SnapshotLeaf>,
+    leaves: SnapshotLeaves,
     signatures: Vec<SignatureRecord>,
     views: Vec<(u64, u64)>,
     conf_changes: Vec<(u64, Vec<u8>)>,
@@ -346,7 +346,15 @@ impl Eq for SnapshotWork {}
 impl SnapshotWork {
     /// The snapshot's bytes (`charter_ledger::snapshot` format); the same on every node.
     pub fn encode(&self) -> Vec<u8> {
-        encode_snapshot(
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the snapshot's bytes to `out` (a buffer the caller reuses); returns where they
+    /// start.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> usize {
+        encode_snapshot_into(
             &SnapshotContents {
                 seqno: self.seqno,
                 view: self.view,
@@ -357,15 +365,9 @@ impl SnapshotWork {
                 conf_changes: &self.conf_changes,
             },
             &self.secret,
+            out,
         )
     }
-}
-
-/// What the node remembers of each transaction to build receipts.
-#[derive(Clone, Copy, Debug)]
-struct LeafInfo {
-    write_set_digest: Digest,
-    claims_digest: Digest,
 }
 
 /// A snapshot point ingested but not yet committed: the state to serialize once it is.
@@ -408,7 +410,9 @@ pub struct Node {
     consensus: Consensus,
     store: Store,
     tree: MerkleTree,
-    leaves: Vec<LeafInfo>,
+    /// What the node remembers of each transaction for receipts and snapshots (shared with
+    /// the snapshots being encoded, so handing them over copies nothing).
+    leaves: SnapshotLeaves,
     /// Seqno of the last entry ingested into store and tree.
     ingested: u64,
     /// Signature transactions by seqno.
@@ -548,7 +552,7 @@ impl Node {
             consensus: Consensus::new(&ConsensusConfig::single(raft_id, 0), Restored::default())?,
             store: Store::new(),
             tree: MerkleTree::new(),
-            leaves: Vec::new(),
+            leaves: SnapshotLeaves::new(),
             ingested: 0,
             signatures: BTreeMap::new(),
             raft_commit: 0,
@@ -675,14 +679,7 @@ impl Node {
         store.apply(&write_set, seqno);
         self.store = store;
         self.tree = verified.tree.clone();
-        self.leaves = snapshot
-            .leaves
-            .iter()
-            .map(|leaf| LeafInfo {
-                write_set_digest: leaf.write_set_digest,
-                claims_digest: leaf.claims_digest,
-            })
-            .collect();
+        self.leaves = snapshot.leaves.iter().copied().collect();
         self.signatures = snapshot.signatures.clone();
         self.views = snapshot.views.clone();
         self.conf_changes = snapshot.conf_changes.iter().cloned().collect();
@@ -774,16 +771,7 @@ impl Node {
     /// What the host needs to encode the snapshot at the committed point `seqno`.
     fn snapshot_work(&self, seqno: u64, point: &SnapshotPoint) -> SnapshotWork {
         assert!(seqno <= self.commit_seqno && seqno <= self.ingested);
-        let leaves: Vec<SnapshotLeaf> = self.leaves[..seqno as usize]
-            .iter()
-            .enumerate()
-            .map(|(index, info)| SnapshotLeaf {
-                write_set_digest: info.write_set_digest,
-                claims_digest: info.claims_digest,
-                // Every ingested entry has its leaf in the tree.
-                leaf: self.tree.leaf(index as u64).expect("a leaf per entry"),
-            })
-            .collect();
+        let leaves = self.leaves.prefix(seqno as usize);
         let signatures: Vec<SignatureRecord> = self
             .signatures
             .range(..=seqno)
@@ -1434,10 +1422,12 @@ impl Node {
             self.unsigned_txs += 1;
             self.unsigned_since_ms.get_or_insert(self.now_ms);
         }
-        self.tree.append(decoded.leaf());
-        self.leaves.push(LeafInfo {
+        let leaf = decoded.leaf();
+        self.tree.append(leaf);
+        self.leaves.push(SnapshotLeaf {
             write_set_digest: decoded.write_set_digest(),
             claims_digest: decoded.claims_digest,
+            leaf,
         });
         if let Some(records) = write_set.maps.get(SNAPSHOT_EVIDENCE_MAP) {
             // Evidence binds a snapshot only through the claims digest of its transaction.
@@ -1905,7 +1895,10 @@ impl Node {
         // Receipt::new needs the signer's P-384 key; a node record without one has no receipt.
         cert.public_key().map_err(|_| TxStatus::Unknown)?;
         let signature = record.signature_der().map_err(|_| TxStatus::Unknown)?;
-        let leaf = self.leaves[(tx_id.seqno - 1) as usize];
+        let leaf = *self
+            .leaves
+            .get((tx_id.seqno - 1) as usize)
+            .ok_or(TxStatus::Unknown)?;
         Ok(Receipt::new(
             &cert,
             &signature,

@@ -2,18 +2,22 @@
 //! snapshot directory next to it.
 //!
 //! A node directory holds `ledger/` and `snapshots/` side by side. `snapshots/` holds
-//! `snapshot_<S>` (the snapshot at seqno S, written once S is committed) and
-//! `snapshot_<S>.committed` once its evidence transaction is committed: the committed snapshot
-//! container of `charter_ledger::snapshot` (magic `CHSNAPCM`, u64 LE snapshot length, the
-//! snapshot, u32 LE receipt length, the evidence receipt JSON). Every file is written to a
-//! `.tmp` name, synced and renamed, so a crash leaves either the old or the new file. The
-//! newest [`SNAPSHOTS_KEPT`] committed snapshots are kept.
+//! `snapshot_<S>.committed` once the evidence transaction of the snapshot at seqno S is
+//! committed: the committed snapshot container of `charter_ledger::snapshot` (magic
+//! `CHSNAPCM`, u64 LE snapshot length, the snapshot, u32 LE receipt length, the evidence
+//! receipt JSON). Before that it is `snapshot_<S>`, written once S is committed, which is the
+//! same file without the evidence: committing appends the evidence, syncs the file and renames
+//! it, so the snapshot is written once and a crash leaves no partial `.committed` file. Other
+//! files are written to a `.tmp` name, synced and renamed. The newest [`SNAPSHOTS_KEPT`]
+//! committed snapshots are kept.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use charter_ledger::encode_committed_snapshot;
+use charter_ledger::{
+    committed_snapshot_evidence_length, committed_snapshot_prefix, COMMITTED_SNAPSHOT_PREFIX_BYTES,
+};
 
 use charter_core::{HardStateRecord, LogEntry, LogKind};
 use charter_ledger::frame::{encode_frame, parse_frames, ChunkName, FrameError};
@@ -714,33 +718,75 @@ impl SnapshotFiles {
         }
     }
 
-    /// Writes `snapshot_<seqno>` durably, unless that snapshot is already committed here (a
-    /// restarted node serializes its newest snapshot point again).
+    /// Writes `snapshot_<seqno>`: the committed file's layout up to the end of the snapshot
+    /// (prefix and snapshot), for [`SnapshotFiles::commit`] to append the evidence to. Does
+    /// nothing if that snapshot is already committed here (a restarted node serializes its
+    /// newest snapshot point again).
+    ///
+    /// Not synced: the file counts only once committed, and committing syncs it. A node that
+    /// restarts encodes its snapshots again before it commits any.
     ///
     /// # Errors
     /// [`FilesError::Io`].
-    pub fn write(&self, seqno: u64, bytes: &[u8]) -> Result<(), FilesError> {
+    pub fn write(&self, seqno: u64, snapshot: &[u8]) -> Result<(), FilesError> {
         if self.path(seqno, true).exists() {
             return Ok(());
         }
-        write_durably(&self.dir, &format!("snapshot_{seqno}"), bytes)
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.path(seqno, false);
+        let mut file = File::create(&path).map_err(io(&path))?;
+        file.write_all(&committed_snapshot_prefix(snapshot.len() as u64))
+            .and_then(|()| file.write_all(snapshot))
+            .map_err(io(&path))
     }
 
-    /// Rewrites `snapshot_<seqno>` with its evidence as `snapshot_<seqno>.committed`, durably;
-    /// then removes the uncommitted file and prunes old snapshots. Does nothing if the
-    /// committed file exists already.
+    /// Appends the evidence to `snapshot_<seqno>`, syncs it and renames it
+    /// `snapshot_<seqno>.committed` (the snapshot is neither read back nor copied); then prunes
+    /// old snapshots. Does nothing if the committed file exists already.
     ///
     /// # Errors
-    /// [`FilesError::Io`], e.g. if `snapshot_<seqno>` was never written.
+    /// [`FilesError::Io`], e.g. if `snapshot_<seqno>` was never written or is not whole.
+    ///
+    /// # Panics
+    /// If the evidence is over `EVIDENCE_BYTES_MAX` (receipts are a few kilobytes).
     pub fn commit(&self, seqno: u64, evidence: &[u8]) -> Result<(), FilesError> {
         if self.path(seqno, true).exists() {
             return Ok(());
         }
         let path = self.path(seqno, false);
-        let snapshot = fs::read(&path).map_err(io(&path))?;
-        let file = encode_committed_snapshot(&snapshot, evidence);
-        write_durably(&self.dir, &format!("snapshot_{seqno}.committed"), &file)?;
-        fs::remove_file(&path).map_err(io(&path))?;
+        let length = committed_snapshot_evidence_length(evidence);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut prefix = [0u8; COMMITTED_SNAPSHOT_PREFIX_BYTES];
+        file.read_exact(&mut prefix).map_err(io(&path))?;
+        let expected =
+            committed_snapshot_prefix(u64::from_le_bytes(prefix[8..].try_into().expect("8 bytes")));
+        let whole = COMMITTED_SNAPSHOT_PREFIX_BYTES as u64
+            + u64::from_le_bytes(prefix[8..].try_into().expect("8 bytes"));
+        let size = file.metadata().map_err(io(&path))?.len();
+        if prefix != expected || size != whole {
+            return Err(FilesError::Io {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not a whole pending snapshot ({size} bytes)"),
+                ),
+            });
+        }
+        file.seek(SeekFrom::End(0)).map_err(io(&path))?;
+        file.write_all(&length)
+            .and_then(|()| file.write_all(evidence))
+            .and_then(|()| file.sync_all())
+            .map_err(io(&path))?;
+        drop(file);
+        let committed = self.path(seqno, true);
+        fs::rename(&path, &committed).map_err(io(&committed))?;
+        File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io(&self.dir))?;
         self.prune()
     }
 
@@ -933,10 +979,19 @@ mod tests {
         assert_eq!(files.snapshots().dir(), snapshots);
         assert_eq!(latest_committed_snapshot(&snapshots).unwrap(), None);
         files.write_snapshot(10, b"snapshot ten").unwrap();
+        // The pending file is the committed file up to the end of the snapshot.
+        let pending = fs::read(snapshots.join("snapshot_10")).unwrap();
         assert_eq!(
-            fs::read(snapshots.join("snapshot_10")).unwrap(),
-            b"snapshot ten"
+            pending,
+            charter_ledger::encode_committed_snapshot(b"snapshot ten", b"")[..28]
         );
+        // A torn pending file is refused, not committed.
+        fs::write(snapshots.join("snapshot_12"), &pending[..20]).unwrap();
+        assert!(matches!(
+            files.commit_snapshot(12, b"{}"),
+            Err(FilesError::Io { .. })
+        ));
+        fs::remove_file(snapshots.join("snapshot_12")).unwrap();
         files.commit_snapshot(10, b"{\"receipt\":10}").unwrap();
         assert_eq!(names(&snapshots), ["snapshot_10.committed"]);
         let file = fs::read(snapshots.join("snapshot_10.committed")).unwrap();

@@ -724,9 +724,9 @@ enum SnapshotJob {
 }
 
 /// Encodes and writes snapshot files on a thread of its own, in the order submitted: encoding
-/// a snapshot covers the whole history and state, and encoding, writing and syncing it (and
-/// rewriting it with its evidence at commit) took the core thread away for 100-200 ms, which
-/// stalled every commit behind it. Each encoded snapshot's digest goes back to the core.
+/// a snapshot covers the whole history and state, and encoding, writing and syncing it took
+/// the core thread away for 100-200 ms, which stalled every commit behind it. Each encoded
+/// snapshot's digest goes back to the core.
 struct SnapshotWriter {
     jobs: Option<mpsc::SyncSender<SnapshotJob>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -741,17 +741,21 @@ impl SnapshotWriter {
         let thread = std::thread::Builder::new()
             .name("charter-snapshots".to_owned())
             .spawn(move || {
+                // One buffer for every snapshot: a fresh one per snapshot cost page faults,
+                // and a growing one copies.
+                let mut buffer = Vec::new();
                 // Ends when the core loop drops the sender.
                 for job in receiver {
                     // A lost snapshot costs only a later one: report, do not stop the node.
                     match job {
                         SnapshotJob::Encode(work) => {
                             let seqno = work.seqno;
-                            let bytes = work.encode();
+                            buffer.clear();
+                            work.encode_into(&mut buffer);
                             drop(work);
-                            match files.write(seqno, &bytes) {
+                            match files.write(seqno, &buffer) {
                                 Ok(()) => {
-                                    let digest = charter_crypto::sha256(&bytes);
+                                    let digest = charter_crypto::sha256(&buffer);
                                     let _ = encoded_sender.send((seqno, digest));
                                 }
                                 Err(error) => {

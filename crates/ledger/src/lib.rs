@@ -23,6 +23,7 @@
 pub mod entry;
 mod error;
 pub mod frame;
+mod leaves;
 pub mod merkle;
 pub mod receipt;
 mod records;
@@ -37,6 +38,7 @@ pub use entry::{
     encode_noop, leaf_hash, Entry, EntryKind, EntryParts,
 };
 pub use error::LedgerError;
+pub use leaves::{SnapshotLeaves, LEAF_CHUNK};
 pub use receipt::{LeafComponents, ProofElement, Receipt, ReceiptError};
 pub use records::{NodeInfo, NodeStatus, ServiceInfo, ServiceStatus, SignatureRecord};
 pub use secrets::{
@@ -44,8 +46,10 @@ pub use secrets::{
     LedgerSecretRecord, LedgerSecrets,
 };
 pub use snapshot::{
-    decode_snapshot, encode_committed_snapshot, encode_snapshot, split_committed_snapshot,
+    committed_snapshot_evidence_length, committed_snapshot_prefix, decode_snapshot,
+    encode_committed_snapshot, encode_snapshot, encode_snapshot_into, split_committed_snapshot,
     verify_committed_snapshot, SnapshotContents, SnapshotError, SnapshotEvidence, SnapshotLeaf,
+    COMMITTED_SNAPSHOT_PREFIX_BYTES,
 };
 pub use txid::{TxId, TxIdParseError};
 pub use verify::{

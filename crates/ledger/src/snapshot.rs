@@ -47,7 +47,7 @@ use charter_crypto::{
 use charter_kv::{is_public_map, WriteSet};
 
 use crate::merkle::MerkleTree;
-use crate::{Digest, Receipt, SignatureRecord, TxId};
+use crate::{Digest, Receipt, SignatureRecord, SnapshotLeaves, TxId};
 
 /// First bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CHSNAPSH";
@@ -118,7 +118,7 @@ pub struct SnapshotContents<'a> {
     /// The store after applying every entry up to `seqno`.
     pub store: &'a charter_kv::Snapshot,
     /// One leaf per seqno `1..=seqno`.
-    pub leaves: &'a [SnapshotLeaf],
+    pub leaves: &'a SnapshotLeaves,
     /// Every signature record up to `seqno`, by increasing seqno (the last one at `seqno`).
     pub signatures: &'a [SignatureRecord],
     /// `(view, first seqno of that view)` pairs up to `seqno`, increasing.
@@ -215,6 +215,24 @@ fn encode_maps(store: &charter_kv::Snapshot, public: bool, out: &mut Vec<u8>) {
 /// more leaves than `seqno`, no signature record at `seqno`, or records, views or changes out
 /// of order or beyond `seqno`.
 pub fn encode_snapshot(contents: &SnapshotContents<'_>, secret: &LedgerSecret) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_snapshot_into(contents, secret, &mut out);
+    out
+}
+
+/// Appends the encoding of [`encode_snapshot`] to `out` and returns where it starts.
+///
+/// Snapshots of a large state are megabytes: a writer that reuses one buffer (and puts its
+/// own header in front) saves the page faults of a fresh allocation and the copies of a
+/// growing one. The private maps are encrypted where they were encoded.
+///
+/// # Panics
+/// As [`encode_snapshot`].
+pub fn encode_snapshot_into(
+    contents: &SnapshotContents<'_>,
+    secret: &LedgerSecret,
+    out: &mut Vec<u8>,
+) -> usize {
     let seqno = contents.seqno;
     assert!(seqno > 0, "a snapshot follows at least one entry");
     assert_eq!(contents.leaves.len() as u64, seqno, "one leaf per seqno");
@@ -238,65 +256,78 @@ pub fn encode_snapshot(contents: &SnapshotContents<'_>, secret: &LedgerSecret) -
     assert!(contents.conf_changes.windows(2).all(|p| p[0].0 < p[1].0));
     assert!(contents.conf_changes.iter().all(|(at, _)| *at <= seqno));
 
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + contents.leaves.len() * 96 + 4096);
+    let start = out.len();
+    out.reserve(SNAPSHOT_HEADER_BYTES + contents.leaves.len() * SNAPSHOT_LEAF_BYTES + 4096);
     out.extend_from_slice(&SNAPSHOT_MAGIC);
     out.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    put_u64(&mut out, seqno);
-    put_u64(&mut out, contents.view);
-    assert_eq!(out.len(), SNAPSHOT_HEADER_BYTES);
+    put_u64(out, seqno);
+    put_u64(out, contents.view);
+    assert_eq!(out.len() - start, SNAPSHOT_HEADER_BYTES);
 
     // The public maps are encoded in place behind a length patched afterwards: encoding them
     // apart and copying them in, with the reallocations of both buffers, made memcpy most of
-    // the cost of a snapshot of a large store (paid on every node's core thread).
+    // the cost of a snapshot of a large store.
     let length_at = out.len();
-    put_u64(&mut out, 0);
-    encode_maps(contents.store, true, &mut out);
+    put_u64(out, 0);
+    encode_maps(contents.store, true, out);
     let public_bytes = (out.len() - length_at - 8) as u64;
     out[length_at..length_at + 8].copy_from_slice(&public_bytes.to_le_bytes());
     out.reserve(
-        8 + contents.leaves.len() * 96
+        8 + contents.leaves.len() * SNAPSHOT_LEAF_BYTES
             + 4
             + contents.signatures.len() * (12 + SIGNATURE_RECORD_BYTES_MAX.min(512)),
     );
 
-    put_u64(&mut out, contents.leaves.len() as u64);
-    for leaf in contents.leaves {
-        out.extend_from_slice(&leaf.write_set_digest);
-        out.extend_from_slice(&leaf.claims_digest);
-        out.extend_from_slice(&leaf.leaf);
+    put_u64(out, contents.leaves.len() as u64);
+    for chunk in contents.leaves.chunks() {
+        for leaf in chunk {
+            out.extend_from_slice(&leaf.write_set_digest);
+            out.extend_from_slice(&leaf.claims_digest);
+            out.extend_from_slice(&leaf.leaf);
+        }
     }
 
-    put_u32(&mut out, contents.signatures.len());
+    put_u32(out, contents.signatures.len());
     for record in contents.signatures {
         // Serializing a struct of strings and integers cannot fail; field order is fixed.
         let json = serde_json::to_vec(record).expect("signature record serializes");
         assert!(json.len() <= SIGNATURE_RECORD_BYTES_MAX);
-        put_u64(&mut out, record.seqno);
-        put_u32(&mut out, json.len());
+        put_u64(out, record.seqno);
+        put_u32(out, json.len());
         out.extend_from_slice(&json);
     }
 
-    put_u32(&mut out, contents.views.len());
+    put_u32(out, contents.views.len());
     for (view, first) in contents.views {
-        put_u64(&mut out, *view);
-        put_u64(&mut out, *first);
+        put_u64(out, *view);
+        put_u64(out, *first);
     }
 
-    put_u32(&mut out, contents.conf_changes.len());
+    put_u32(out, contents.conf_changes.len());
     for (at, change) in contents.conf_changes {
         assert!(change.len() <= CONF_CHANGE_BYTES_MAX);
-        put_u64(&mut out, *at);
-        put_u32(&mut out, change.len());
+        put_u64(out, *at);
+        put_u32(out, change.len());
         out.extend_from_slice(change);
     }
 
-    let mut private = Vec::new();
-    encode_maps(contents.store, false, &mut private);
-    put_u64(&mut out, (private.len() + AEAD_TAG_BYTES) as u64);
-    let sealed = snapshot_key(secret).encrypt(&snapshot_nonce(seqno), &out, &private);
-    out.extend_from_slice(&sealed);
-    out
+    // The private maps are encoded behind their length (patched afterwards) and encrypted in
+    // place; the associated data is every byte of the snapshot before them.
+    let length_at = out.len();
+    put_u64(out, 0);
+    let private_at = out.len();
+    encode_maps(contents.store, false, out);
+    let sealed_bytes = (out.len() - private_at + AEAD_TAG_BYTES) as u64;
+    out[length_at..private_at].copy_from_slice(&sealed_bytes.to_le_bytes());
+    let (authenticated, private) = out.split_at_mut(private_at);
+    let tag = snapshot_key(secret).encrypt_in_place(
+        &snapshot_nonce(seqno),
+        &authenticated[start..],
+        private,
+    );
+    out.extend_from_slice(&tag);
+    start
 }
 
 /// A cursor over snapshot bytes whose reads fail with [`SnapshotError::Truncated`].
@@ -599,13 +630,38 @@ pub fn encode_committed_snapshot(snapshot: &[u8], evidence: &[u8]) -> Vec<u8> {
         evidence.len() <= EVIDENCE_BYTES_MAX,
         "evidence receipt too large"
     );
-    let mut out = Vec::with_capacity(8 + 8 + snapshot.len() + 4 + evidence.len());
-    out.extend_from_slice(&COMMITTED_SNAPSHOT_MAGIC);
-    put_u64(&mut out, snapshot.len() as u64);
+    let mut out =
+        Vec::with_capacity(COMMITTED_SNAPSHOT_PREFIX_BYTES + snapshot.len() + 4 + evidence.len());
+    out.extend_from_slice(&committed_snapshot_prefix(snapshot.len() as u64));
     out.extend_from_slice(snapshot);
     put_u32(&mut out, evidence.len());
     out.extend_from_slice(evidence);
     out
+}
+
+/// Bytes of a committed snapshot file before the snapshot: magic and snapshot length.
+pub const COMMITTED_SNAPSHOT_PREFIX_BYTES: usize = 16;
+
+/// The first bytes of the committed snapshot file of a snapshot of `snapshot_len` bytes; the
+/// evidence (u32 LE length and receipt JSON) follows the snapshot, so a writer can lay the file
+/// out before the evidence exists and append it later.
+pub fn committed_snapshot_prefix(snapshot_len: u64) -> [u8; COMMITTED_SNAPSHOT_PREFIX_BYTES] {
+    let mut prefix = [0u8; COMMITTED_SNAPSHOT_PREFIX_BYTES];
+    prefix[..8].copy_from_slice(&COMMITTED_SNAPSHOT_MAGIC);
+    prefix[8..].copy_from_slice(&snapshot_len.to_le_bytes());
+    prefix
+}
+
+/// The u32 LE length in front of `evidence` in a committed snapshot file.
+///
+/// # Panics
+/// If the evidence is over [`EVIDENCE_BYTES_MAX`] (receipts are a few kilobytes).
+pub fn committed_snapshot_evidence_length(evidence: &[u8]) -> [u8; 4] {
+    assert!(
+        evidence.len() <= EVIDENCE_BYTES_MAX,
+        "evidence receipt too large"
+    );
+    (evidence.len() as u32).to_le_bytes()
 }
 
 /// A committed snapshot file split into its parts (nothing verified yet).
@@ -796,7 +852,7 @@ mod tests {
 
     struct Sample {
         store: Store,
-        leaves: Vec<SnapshotLeaf>,
+        leaves: SnapshotLeaves,
         signatures: Vec<SignatureRecord>,
         views: Vec<(u64, u64)>,
         conf_changes: Vec<(u64, Vec<u8>)>,
@@ -858,7 +914,7 @@ mod tests {
         }
         Sample {
             store,
-            leaves,
+            leaves: leaves.into_iter().collect(),
             signatures,
             views: vec![(1, 1), (2, 4)],
             conf_changes: vec![(2, vec![1, 2, 3])],
@@ -883,7 +939,10 @@ mod tests {
         let decoded = decode_snapshot(&bytes).unwrap();
         assert_eq!(decoded.seqno, 5);
         assert_eq!(decoded.view, 2);
-        assert_eq!(decoded.leaves, sample.leaves);
+        assert_eq!(
+            decoded.leaves,
+            sample.leaves.iter().copied().collect::<Vec<_>>()
+        );
         assert_eq!(decoded.views, sample.views);
         assert_eq!(decoded.conf_changes, sample.conf_changes);
         assert_eq!(
@@ -962,7 +1021,9 @@ mod tests {
         );
         // Leaves that do not hash to the signed root are caught even without the secret.
         let mut bad = sample;
-        bad.leaves[0].leaf = [0xaa; 32];
+        let mut leaves: Vec<SnapshotLeaf> = bad.leaves.iter().copied().collect();
+        leaves[0].leaf = [0xaa; 32];
+        bad.leaves = leaves.into_iter().collect();
         let bytes = encode(&bad);
         let decoded = decode_snapshot(&bytes).unwrap();
         assert!(matches!(
