@@ -646,7 +646,7 @@ async fn a_node_joining_after_ten_thousand_transactions_starts_from_a_snapshot()
         .await;
     let target = commit_seqno(&network, primary).await;
     assert!(target > total as u64);
-    // Every node writes the same snapshots; wait until the primary's is committed.
+    // The primary encodes every snapshot point; wait until its snapshot is committed.
     let snapshots = network.nodes[primary].dir.join("snapshots");
     let deadline = Instant::now() + Duration::from_secs(60);
     let committed_snapshot = loop {

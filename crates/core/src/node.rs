@@ -1,6 +1,6 @@
 //! The node state machine.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use charter_consensus::{Consensus, ConsensusConfig, LogBase, LogEntry, LogKind, Output, Restored};
 use charter_crypto::{Certificate, Digest, LedgerSecret, SigningKey};
@@ -375,7 +375,16 @@ impl SnapshotWork {
 struct SnapshotPoint {
     view: u64,
     store: Store,
+    /// Forced (after a recovery): every node encodes it.
+    forced: bool,
 }
+
+/// A follower encodes a snapshot point only once this many snapshot intervals have passed
+/// since the last one it encoded: it needs snapshots only for its own restarts, while joiners
+/// fetch the primary's, which encodes every point. (Each snapshot is the whole state: on three
+/// nodes under a write load, encoding one per interval on every node took a fifth of the
+/// machine.)
+pub const FOLLOWER_SNAPSHOT_SPACING: u64 = 4;
 
 /// Most snapshots a node remembers writing while their evidence is not yet committed.
 pub const SNAPSHOTS_AWAITING_EVIDENCE_MAX: usize = 4;
@@ -469,6 +478,11 @@ pub struct Node {
     snapshot_points: BTreeMap<u64, SnapshotPoint>,
     /// The last snapshot point written (or started from).
     snapshot_last: u64,
+    /// The last snapshot point this node encoded (or started from), for
+    /// [`FOLLOWER_SNAPSHOT_SPACING`].
+    snapshot_encoded_last: Option<u64>,
+    /// Snapshots handed to the host for encoding whose digest has not come back yet.
+    snapshots_encoding: BTreeSet<u64>,
     /// Snapshots this node wrote whose evidence is not yet committed: seqno to digest.
     snapshots_written: BTreeMap<u64, Digest>,
     /// Evidence transactions in the ledger by their seqno: (snapshot seqno, digest).
@@ -584,6 +598,8 @@ impl Node {
             conf_changes: BTreeMap::new(),
             snapshot_points: BTreeMap::new(),
             snapshot_last: 0,
+            snapshot_encoded_last: None,
+            snapshots_encoding: BTreeSet::new(),
             snapshots_written: BTreeMap::new(),
             snapshot_evidence: BTreeMap::new(),
             replaying: false,
@@ -689,6 +705,7 @@ impl Node {
         self.ingested = seqno;
         self.base_seqno = seqno;
         self.snapshot_last = seqno;
+        self.snapshot_encoded_last = Some(seqno);
         // The base is committed; a rollback to it must find its state.
         self.rollback_points.insert(seqno, self.store.clone());
         self.refresh_service_status();
@@ -714,14 +731,38 @@ impl Node {
                 break;
             }
             let (seqno, point) = entry.remove_entry();
-            let work = self.snapshot_work(seqno, &point);
             self.snapshot_last = seqno;
+            // The primary encodes every point (joiners fetch its snapshots, and it writes the
+            // evidence); a follower only one in FOLLOWER_SNAPSHOT_SPACING, for its own
+            // restarts.
+            let spacing = self
+                .config
+                .snapshot_interval_txs
+                .saturating_mul(FOLLOWER_SNAPSHOT_SPACING);
+            let due = point.forced
+                || self.consensus.is_leader()
+                || self
+                    .snapshot_encoded_last
+                    .is_none_or(|last| seqno >= last.saturating_add(spacing));
+            if !due {
+                continue;
+            }
+            let work = self.snapshot_work(seqno, &point);
+            self.snapshot_encoded_last = Some(seqno);
+            self.snapshots_encoding.insert(seqno);
+            while self.snapshots_encoding.len() > SNAPSHOTS_AWAITING_EVIDENCE_MAX {
+                self.snapshots_encoding.pop_first();
+            }
             out.push(Action::EncodeSnapshot(Box::new(work)));
         }
         let later = self.snapshot_evidence.split_off(&(self.commit_seqno + 1));
         let committed = std::mem::replace(&mut self.snapshot_evidence, later);
-        // Evidence whose snapshot is still being encoded waits for its digest (bounded).
-        self.evidence_committed.extend(committed);
+        // Evidence whose snapshot is still being encoded waits for its digest (bounded); that
+        // of a snapshot this node did not encode is of no use to it.
+        let ours = committed.into_iter().filter(|(_, (seqno, _))| {
+            self.snapshots_encoding.contains(seqno) || self.snapshots_written.contains_key(seqno)
+        });
+        self.evidence_committed.extend(ours);
         while self.evidence_committed.len() > SNAPSHOTS_AWAITING_EVIDENCE_MAX {
             self.evidence_committed.pop_first();
         }
@@ -763,6 +804,7 @@ impl Node {
         digest: Digest,
         out: &mut Vec<Action>,
     ) -> Result<(), CoreError> {
+        self.snapshots_encoding.remove(&seqno);
         self.snapshots_written.insert(seqno, digest);
         while self.snapshots_written.len() > SNAPSHOTS_AWAITING_EVIDENCE_MAX {
             self.snapshots_written.pop_first();
@@ -1535,6 +1577,7 @@ impl Node {
                 SnapshotPoint {
                     view: entry.view,
                     store: self.store.clone(),
+                    forced: true,
                 },
             );
             return;
@@ -1558,6 +1601,7 @@ impl Node {
             SnapshotPoint {
                 view: entry.view,
                 store: self.store.clone(),
+                forced: false,
             },
         );
     }

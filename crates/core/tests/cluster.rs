@@ -468,24 +468,28 @@ fn every_node_writes_the_same_snapshots_and_a_late_joiner_starts_from_one() {
     let mut cluster = three_nodes_with(small_snapshots);
     let before = write_and_commit(&mut cluster, 0, "before", 60);
     cluster.tick_until(100, "a snapshot to commit on every node", |c| {
-        let newest = c.nodes[0].committed_snapshots.keys().next_back().copied();
-        newest.is_some()
-            && c.nodes
-                .iter()
-                .all(|h| h.committed_snapshots.keys().next_back().copied() == newest)
+        c.nodes.iter().all(|h| !h.committed_snapshots.is_empty())
     });
     assert_snapshots_agree(&cluster);
-    // Every node picked the same points, whatever its role or when it caught up.
+    // The primary encodes every point. A follower encodes its first point and then one once
+    // FOLLOWER_SNAPSHOT_SPACING intervals have passed, always at the points the primary picked.
     let points: Vec<u64> = cluster.nodes[0].snapshots.keys().copied().collect();
     assert!(
         points.len() >= 3,
         "60 writes cross several points: {points:?}"
     );
+    let spacing = 25 * charter_core::FOLLOWER_SNAPSHOT_SPACING;
     for harness in &cluster.nodes[1..] {
-        assert_eq!(
-            harness.snapshots.keys().copied().collect::<Vec<_>>(),
-            points
-        );
+        let theirs: Vec<u64> = harness.snapshots.keys().copied().collect();
+        assert_eq!(theirs.first(), points.first(), "{theirs:?} {points:?}");
+        assert!(theirs.iter().all(|seqno| points.contains(seqno)));
+        assert!(theirs.windows(2).all(|pair| pair[1] >= pair[0] + spacing));
+        assert!(theirs.len() < points.len(), "{theirs:?} {points:?}");
+        // Each follower committed its own snapshot with the primary's evidence.
+        assert!(harness
+            .committed_snapshots
+            .keys()
+            .all(|seqno| theirs.contains(seqno)));
     }
     // The evidence of each committed snapshot is in the ledger, bound by its claims digest.
     let (&seqno, file) = cluster.nodes[0]
@@ -550,7 +554,9 @@ fn every_node_writes_the_same_snapshots_and_a_late_joiner_starts_from_one() {
         receipt.verify(&cluster.nodes[0].service).unwrap();
         assert_eq!(receipt, cluster.nodes[0].node.receipt(tx_id).unwrap());
     }
-    // The new node takes the same snapshots as everyone else.
+    // The new node, a follower, encodes its next snapshot once FOLLOWER_SNAPSHOT_SPACING
+    // intervals have passed since the one it started from, at one of the primary's points.
+    write_and_commit(&mut cluster, 0, "later", 60);
     cluster.tick_until(
         100,
         "a snapshot after the join to commit on the new node",
