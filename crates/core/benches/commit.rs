@@ -8,10 +8,10 @@ use charter_core::{Input, Method, Request, RequestId};
 use charter_crypto::Certificate;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-fn put_request(user: &Certificate, key: u64) -> Request {
+fn put_request(user: &Certificate, path: String) -> Request {
     Request {
         method: Method::Put,
-        path: format!("/app/kv/{key:016x}"),
+        path,
         query: Vec::new(),
         headers: Vec::new(),
         body: vec![b'v'; 100],
@@ -19,27 +19,26 @@ fn put_request(user: &Certificate, key: u64) -> Request {
     }
 }
 
+/// Steps a 100-byte PUT of `/app/kv/{key}` as request `id`, collecting the actions in `out`.
+fn put(harness: &mut harness::Harness, id: u64, key: String, out: &mut Vec<charter_core::Action>) {
+    let request = put_request(&harness.user, format!("/app/kv/{key}"));
+    let input = Input::Client {
+        id: RequestId(id),
+        request,
+    };
+    harness.node.step(input, out).unwrap();
+}
+
 fn bench_commit_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("core");
     let mut harness = harness::Harness::new();
-    let user = harness.user.clone();
     let mut key = 1_000_000u64;
     group.throughput(Throughput::Elements(1));
     group.bench_function("put_100B_then_durable", |b| {
         b.iter(|| {
             key += 1;
             let mut out = Vec::new();
-            let request = put_request(&user, key);
-            harness
-                .node
-                .step(
-                    Input::Client {
-                        id: RequestId(key),
-                        request,
-                    },
-                    &mut out,
-                )
-                .unwrap();
+            put(&mut harness, key, format!("{key:016x}"), &mut out);
             harness.host(out);
             harness.responses.clear();
         })
@@ -50,17 +49,7 @@ fn bench_commit_path(c: &mut Criterion) {
             let mut out = Vec::new();
             for _ in 0..64 {
                 key += 1;
-                let request = put_request(&user, key);
-                harness
-                    .node
-                    .step(
-                        Input::Client {
-                            id: RequestId(key),
-                            request,
-                        },
-                        &mut out,
-                    )
-                    .unwrap();
+                put(&mut harness, key, format!("{key:016x}"), &mut out);
             }
             harness.host(out);
             harness.responses.clear();
@@ -71,7 +60,6 @@ fn bench_commit_path(c: &mut Criterion) {
     // rollback point) makes the writes after it copy those 64 nodes. Without snapshots, which
     // the harness would encode on this thread (a node encodes them on another).
     let mut harness = harness::Harness::new_with(|config| config.snapshot_interval_txs = 0);
-    let user = harness.user.clone();
     let mut counter = 0u64;
     group.throughput(Throughput::Elements(64));
     group.bench_function("put_64_clients_interleaved", |b| {
@@ -80,18 +68,12 @@ fn bench_commit_path(c: &mut Criterion) {
             let mut out = Vec::new();
             for client in 0..64u64 {
                 key += 1;
-                let mut request = put_request(&user, key);
-                request.path = format!("/app/kv/{client:06x}{counter:010x}");
-                harness
-                    .node
-                    .step(
-                        Input::Client {
-                            id: RequestId(key),
-                            request,
-                        },
-                        &mut out,
-                    )
-                    .unwrap();
+                put(
+                    &mut harness,
+                    key,
+                    format!("{client:06x}{counter:010x}"),
+                    &mut out,
+                );
             }
             harness.host(out);
             harness.responses.clear();
