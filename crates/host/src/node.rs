@@ -725,6 +725,9 @@ enum SnapshotJob {
     Commit { seqno: u64, evidence: Vec<u8> },
 }
 
+/// Largest snapshot buffer the snapshot thread keeps for the next snapshot.
+const SNAPSHOT_BUFFER_KEPT_MAX: usize = 64 << 20;
+
 /// Nice value of the snapshot thread: on a loaded machine the core thread and the connections
 /// go first, and the snapshot (background work whose only deadline is the next snapshot)
 /// takes what is left instead of delaying commits by the length of an encoding.
@@ -763,7 +766,8 @@ impl SnapshotWriter {
             .spawn(move || {
                 lower_this_threads_priority();
                 // One buffer for every snapshot: a fresh one per snapshot cost page faults,
-                // and a growing one copies.
+                // and a growing one copies. Kept between snapshots only up to a bound, so that
+                // a large state is not held in memory twice.
                 let mut buffer = Vec::new();
                 // Ends when the core loop drops the sender.
                 for job in receiver {
@@ -781,6 +785,9 @@ impl SnapshotWriter {
                                 Err(error) => {
                                     tracing::warn!(seqno, %error, "cannot write the snapshot");
                                 }
+                            }
+                            if buffer.capacity() > SNAPSHOT_BUFFER_KEPT_MAX {
+                                buffer = Vec::new();
                             }
                         }
                         SnapshotJob::Commit { seqno, evidence } => {
