@@ -152,13 +152,15 @@ pub enum Action {
         secrets: serde_json::Value,
     },
     /// Encode this snapshot of the state at the committed signature `seqno` (off the core
-    /// thread: it covers the whole history and state), save it durably as `snapshot_SEQNO`, and
-    /// return its SHA-256 digest with [`Input::SnapshotEncoded`]. Every node encodes the same
-    /// bytes for the same seqno. A lost snapshot only means a later one is used.
+    /// thread: it covers the whole history and state), save it as `snapshot_SEQNO`, and return
+    /// its SHA-256 digest with [`Input::SnapshotEncoded`]. Every node that encodes a seqno
+    /// produces the same bytes (the primary encodes every snapshot point, a follower one in
+    /// [`FOLLOWER_SNAPSHOT_SPACING`] intervals). A lost snapshot only means a later one is used.
     EncodeSnapshot(Box<SnapshotWork>),
     /// The evidence transaction of the snapshot at `seqno` is committed: store the snapshot
     /// written for [`Action::EncodeSnapshot`] followed by `evidence` as the committed snapshot
-    /// file (`charter_ledger::encode_committed_snapshot`, named `snapshot_SEQNO.committed`).
+    /// file (`charter_ledger::encode_committed_snapshot`, named `snapshot_SEQNO.committed`),
+    /// durably.
     CommitSnapshot {
         /// Seqno of the snapshot.
         seqno: u64,
