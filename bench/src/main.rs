@@ -505,38 +505,54 @@ fn chart_svg(report: &Report) -> String {
             run.signature_interval_ms.unwrap_or(0)
         )
     };
-    let mut series = vec![Series {
-        name: "Charter 3 nodes, sweep (txs:ms)".to_owned(),
-        colour: "#1f77b4".to_owned(),
-        joined: true,
-        points: writes(System::Charter, Role::Sweep)
-            .map(|run| point(run, signature_label(run)))
-            .collect(),
-    }];
-    series.push(Series {
-        name: "Charter 3 nodes vs etcd".to_owned(),
-        colour: "#2ca02c".to_owned(),
-        joined: false,
-        points: writes(System::Charter, Role::Comparison)
-            .map(|run| point(run, signature_label(run)))
-            .collect(),
-    });
-    series.push(Series {
-        name: "Charter 1 node".to_owned(),
-        colour: "#ff7f0e".to_owned(),
-        joined: false,
-        points: writes(System::Charter, Role::SingleNode)
-            .map(|run| point(run, signature_label(run)))
-            .collect(),
-    });
-    series.push(Series {
-        name: "etcd 3 members".to_owned(),
-        colour: "#d62728".to_owned(),
-        joined: false,
-        points: writes(System::Etcd, Role::Comparison)
-            .map(|run| point(run, "etcd".to_owned()))
-            .collect(),
-    });
+    // One series per kind of write run: (name, colour, points joined, system, role).
+    let kinds = [
+        (
+            "Charter 3 nodes, sweep (txs:ms)",
+            "#1f77b4",
+            true,
+            System::Charter,
+            Role::Sweep,
+        ),
+        (
+            "Charter 3 nodes vs etcd",
+            "#2ca02c",
+            false,
+            System::Charter,
+            Role::Comparison,
+        ),
+        (
+            "Charter 1 node",
+            "#ff7f0e",
+            false,
+            System::Charter,
+            Role::SingleNode,
+        ),
+        (
+            "etcd 3 members",
+            "#d62728",
+            false,
+            System::Etcd,
+            Role::Comparison,
+        ),
+    ];
+    let series: Vec<Series> = kinds
+        .into_iter()
+        .map(|(name, colour, joined, system, role)| Series {
+            name: name.to_owned(),
+            colour: colour.to_owned(),
+            joined,
+            points: writes(system, role)
+                .map(|run| {
+                    let label = match system {
+                        System::Etcd => "etcd".to_owned(),
+                        System::Charter => signature_label(run),
+                    };
+                    point(run, label)
+                })
+                .collect(),
+        })
+        .collect();
     chart::svg(
         "Committed writes/s against p99 latency to global commit",
         &series,
