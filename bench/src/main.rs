@@ -157,6 +157,48 @@ impl Bench {
         Duration::from_secs(self.args.read_duration_s)
     }
 
+    /// Runs a read phase with `readers` against the servers `pids` and records its figures
+    /// (latency from send to reply).
+    #[allow(clippy::too_many_arguments)]
+    async fn measure_reads<W: load::Worker>(
+        &mut self,
+        readers: Vec<W>,
+        pids: &[u32],
+        label: String,
+        system: System,
+        nodes: usize,
+        target: &str,
+        signature: Option<SignatureInterval>,
+    ) {
+        let outcome = closed_loop(
+            readers,
+            pids,
+            self.origin,
+            &label,
+            Duration::ZERO,
+            self.read_duration(),
+        )
+        .await;
+        report_errors(&label, &outcome);
+        let mut latencies = reply_latencies(&outcome);
+        self.runs.push(figures(
+            label,
+            system,
+            Workload::Read,
+            Role::Reads,
+            nodes,
+            target,
+            signature,
+            self.args.clients,
+            outcome.measured_s,
+            &mut latencies,
+            outcome.errors,
+            0,
+            0,
+            outcome.server_cpu_s,
+        ));
+    }
+
     async fn etcd(&mut self) -> Result<(), String> {
         let dir = self.args.work_dir.join("etcd");
         let cluster = EtcdCluster::start(
@@ -226,33 +268,16 @@ impl Bench {
                 })
                 .collect();
             let label = "etcd 3 members, reads on leader".to_owned();
-            let outcome = closed_loop(
+            self.measure_reads(
                 readers,
                 &cluster.pids(),
-                self.origin,
-                &label,
-                Duration::ZERO,
-                self.read_duration(),
-            )
-            .await;
-            report_errors(&label, &outcome);
-            let mut latencies = reply_latencies(&outcome);
-            self.runs.push(figures(
                 label,
                 System::Etcd,
-                Workload::Read,
-                Role::Reads,
                 3,
                 "leader",
                 None,
-                args.clients,
-                outcome.measured_s,
-                &mut latencies,
-                outcome.errors,
-                0,
-                0,
-                outcome.server_cpu_s,
-            ));
+            )
+            .await;
         }
         Ok(())
     }
@@ -454,33 +479,16 @@ impl Bench {
                     });
                 }
                 let label = format!("Charter {nodes} nodes, reads on {target}");
-                let outcome = closed_loop(
+                self.measure_reads(
                     readers,
                     &sandbox.pids(),
-                    self.origin,
-                    &label,
-                    Duration::ZERO,
-                    self.read_duration(),
-                )
-                .await;
-                report_errors(&label, &outcome);
-                let mut latencies = reply_latencies(&outcome);
-                self.runs.push(figures(
                     label,
                     System::Charter,
-                    Workload::Read,
-                    Role::Reads,
                     nodes,
                     target,
                     Some(signature),
-                    args.clients,
-                    outcome.measured_s,
-                    &mut latencies,
-                    outcome.errors,
-                    0,
-                    0,
-                    outcome.server_cpu_s,
-                ));
+                )
+                .await;
             }
         }
         Ok(())
