@@ -1130,11 +1130,32 @@ impl Node {
         if let Some(reason) = &self.poisoned {
             return Err(CoreError::Poisoned(reason.clone()));
         }
-        let result = self.step_inner(input, out);
+        // A leader's appends are held across client requests, so that a batch of them goes
+        // to each follower as one message; any other input sends them.
+        let batchable = matches!(input, Input::Client { .. });
+        let mut result = self.step_inner(input, out);
+        if result.is_ok() && !batchable {
+            result = self.flush(out);
+        }
         if let Err(error) = &result {
             self.poisoned = Some(error.to_string());
         }
         result
+    }
+
+    /// Sends what [`Node::step`] held back over the client requests since the last input of
+    /// another kind: a leader's appends to its followers, merged. A host calls this after each
+    /// batch of inputs, before carrying out the actions.
+    ///
+    /// # Errors
+    /// [`CoreError::Poisoned`] after an earlier failure.
+    pub fn flush(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(CoreError::Poisoned(reason.clone()));
+        }
+        let mut outputs = Vec::new();
+        self.consensus.release_appends(&mut outputs);
+        self.handle_outputs(outputs, out)
     }
 
     fn step_inner(&mut self, input: Input, out: &mut Vec<Action>) -> Result<(), CoreError> {

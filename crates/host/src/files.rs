@@ -14,6 +14,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use charter_ledger::{
     committed_snapshot_evidence_length, committed_snapshot_prefix, COMMITTED_SNAPSHOT_PREFIX_BYTES,
@@ -67,10 +68,12 @@ pub struct Loaded {
     pub torn_tail_bytes: u64,
 }
 
-/// Writes ledger chunks. Appends are buffered until [`LedgerFiles::sync`].
+/// Writes ledger chunks. Appends are buffered until [`LedgerFiles::sync`] or
+/// [`LedgerFiles::write_for_sync`].
 pub struct LedgerFiles {
     dir: PathBuf,
-    open: Option<(File, u64)>,
+    /// The open chunk and its first seqno; shared with [`PendingSync`]s in flight.
+    open: Option<(Arc<File>, u64)>,
     /// Byte offset of each entry of the open chunk, to truncate at.
     offsets: Vec<(u64, u64)>,
     open_len: u64,
@@ -81,6 +84,27 @@ pub struct LedgerFiles {
     snapshots: SnapshotFiles,
     /// Other nodes' ledger directories, read (never written) for entries this one lacks.
     read_only: Vec<PathBuf>,
+}
+
+/// Entries written to a chunk but not yet durable (see [`LedgerFiles::write_for_sync`]).
+pub struct PendingSync {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl PendingSync {
+    /// Makes everything written to the chunk so far durable (fdatasync).
+    ///
+    /// # Errors
+    /// [`FilesError::Io`]; the node must stop, as after a failed [`LedgerFiles::sync`].
+    pub fn sync(&self) -> Result<(), FilesError> {
+        self.file.sync_data().map_err(io(&self.path))
+    }
+
+    /// Whether `other` syncs the same chunk (one fsync then serves both).
+    pub fn same_chunk(&self, other: &PendingSync) -> bool {
+        Arc::ptr_eq(&self.file, &other.file)
+    }
 }
 
 const HARD_STATE_FILE: &str = "raft_state.json";
@@ -196,7 +220,7 @@ impl LedgerFiles {
                     file.set_len(good_len).map_err(io(&path))?;
                     file.sync_all().map_err(io(&path))?;
                 }
-                files.open = Some((file, name.first));
+                files.open = Some((Arc::new(file), name.first));
                 files.open_len = good_len;
                 files.offsets = offsets;
             }
@@ -387,7 +411,11 @@ impl LedgerFiles {
                 .append(true)
                 .open(&path)
                 .map_err(io(&path))?;
-            self.open = Some((file, self.next_seqno));
+            // The new name must survive a crash as well as the entries synced into it.
+            File::open(&self.dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(io(&self.dir))?;
+            self.open = Some((Arc::new(file), self.next_seqno));
             self.open_len = 0;
             self.offsets.clear();
         }
@@ -421,7 +449,7 @@ impl LedgerFiles {
             }
             .file_name(),
         );
-        file.write_all(&self.buffer).map_err(io(&path))?;
+        (&**file).write_all(&self.buffer).map_err(io(&path))?;
         self.open_len += self.buffer.len() as u64;
         self.buffer.clear();
         Ok(())
@@ -444,6 +472,26 @@ impl LedgerFiles {
             file.sync_data().map_err(io(&path))?;
         }
         Ok(())
+    }
+
+    /// Writes buffered entries to the open chunk (the page cache) and returns what makes them
+    /// durable, for another thread to call: the caller goes on appending meanwhile, and an
+    /// fsync covers everything written before it. `None` if no chunk is open (nothing to sync).
+    ///
+    /// # Errors
+    /// [`FilesError::Io`] if the write fails.
+    pub fn write_for_sync(&mut self) -> Result<Option<PendingSync>, FilesError> {
+        self.flush()?;
+        Ok(self.open.as_ref().map(|(file, first)| PendingSync {
+            file: Arc::clone(file),
+            path: self.dir.join(
+                ChunkName {
+                    first: *first,
+                    last: None,
+                }
+                .file_name(),
+            ),
+        }))
     }
 
     /// Drops entries from `from_seqno` on. Chunks complete at signatures as soon as they are
@@ -529,7 +577,7 @@ impl LedgerFiles {
             .iter()
             .map(|frame| (frame.seqno, frame.offset))
             .collect();
-        self.open = Some((file, holder.first));
+        self.open = Some((Arc::new(file), holder.first));
         self.open_len = bytes.len() as u64;
         self.next_seqno = holder.first + frames.len() as u64;
         Ok(())

@@ -16,7 +16,7 @@ use charter_crypto::{Certificate, CertificateSpec, LedgerSecret, SigningKey, Val
 use charter_ledger::{LedgerSecrets, NodeStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::files::LedgerFiles;
+use crate::files::{LedgerFiles, PendingSync};
 use crate::http::{Handler, HttpLimits};
 use crate::join::{BootstrapPeer, JoinConfig};
 use crate::peers::{PeerIdentity, Peers, TrustFn};
@@ -492,7 +492,14 @@ pub const SNAPSHOT_SEQNO_HEADER: &str = "x-charter-snapshot-seqno";
 
 enum HostMessage {
     Request(Request, tokio::sync::oneshot::Sender<Response>),
-    Peer { from: String, bytes: Vec<u8> },
+    Peer {
+        from: String,
+        bytes: Vec<u8>,
+    },
+    /// The ledger writes up to this sync token are durable (from the [`Syncer`]).
+    Durable(u64),
+    /// The [`Syncer`] could not make the ledger durable: the node must stop.
+    SyncFailed(String),
     Shutdown,
 }
 
@@ -746,6 +753,65 @@ fn lower_this_threads_priority() {
     }
 }
 
+/// Makes ledger writes durable on a thread of its own. The core thread writes entries to the
+/// page cache and goes on (executing requests, sending appends to followers, applying theirs)
+/// while fsync runs; an fsync took 1-7 ms under load and stalled all of that when the core
+/// made it. Requests that queue up during one fsync share the next, and each answer goes back
+/// to the core as [`HostMessage::Durable`] with the highest token covered.
+struct Syncer {
+    requests: Option<mpsc::Sender<(u64, Option<PendingSync>)>>,
+}
+
+impl Syncer {
+    fn start(core: mpsc::SyncSender<HostMessage>) -> Result<Syncer, NodeError> {
+        let (requests, receiver) = mpsc::channel::<(u64, Option<PendingSync>)>();
+        std::thread::Builder::new()
+            .name("charter-sync".to_owned())
+            .spawn(move || {
+                // Ends when the core loop drops the sender.
+                while let Ok(first) = receiver.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(receiver.try_iter());
+                    let token = batch.iter().map(|(token, _)| *token).max().unwrap_or(0);
+                    let mut synced: Vec<&PendingSync> = Vec::new();
+                    for pending in batch.iter().filter_map(|(_, pending)| pending.as_ref()) {
+                        if synced.iter().any(|done| done.same_chunk(pending)) {
+                            continue;
+                        }
+                        if let Err(error) = pending.sync() {
+                            let _ = core.send(HostMessage::SyncFailed(error.to_string()));
+                            return;
+                        }
+                        synced.push(pending);
+                    }
+                    if core.send(HostMessage::Durable(token)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|error| error.to_string())?;
+        Ok(Syncer {
+            requests: Some(requests),
+        })
+    }
+
+    /// Asks for everything written so far (`pending`) to be made durable, answered with
+    /// `token`.
+    fn submit(&self, token: u64, pending: Option<PendingSync>) -> Result<(), NodeError> {
+        self.requests
+            .as_ref()
+            .and_then(|requests| requests.send((token, pending)).ok())
+            .ok_or_else(|| "the ledger sync thread has stopped".to_owned())
+    }
+
+    /// Lets the thread end after what was submitted. It is not waited for: it may be blocked
+    /// handing an answer to a core that no longer reads them, and the core's own final sync
+    /// covers everything.
+    fn stop(&mut self) {
+        self.requests = None;
+    }
+}
+
 /// Encodes and writes snapshot files on a thread of its own, in the order submitted: encoding
 /// a snapshot covers the whole history and state, and encoding, writing and syncing it took
 /// the core thread away for 100-200 ms, which stalled every commit behind it. Each encoded
@@ -840,6 +906,7 @@ impl Drop for SnapshotWriter {
 struct CoreLoop {
     node: Node,
     files: LedgerFiles,
+    syncer: Syncer,
     snapshots: SnapshotWriter,
     pending: HashMap<RequestId, Reply>,
     next_request: u64,
@@ -1037,7 +1104,7 @@ impl CoreLoop {
         Ok(())
     }
 
-    /// Carries out actions; syncs once per batch and feeds durability back. Bounded rounds.
+    /// Carries out actions; asks the [`Syncer`] for one sync per batch. Bounded rounds.
     fn perform(&mut self, mut actions: Vec<Action>) -> Result<(), NodeError> {
         for _ in 0..64 {
             let mut sync = None;
@@ -1142,17 +1209,15 @@ impl CoreLoop {
                     .step(Input::EntriesRead { entries }, &mut actions)
                     .map_err(|e| e.to_string())?;
             }
-            let Some(token) = sync else {
-                if actions.is_empty() {
-                    self.book.refresh(&self.node);
-                    return Ok(());
-                }
-                continue;
-            };
-            self.files.sync().map_err(|e| e.to_string())?;
-            self.node
-                .step(Input::Durable { token }, &mut actions)
-                .map_err(|e| e.to_string())?;
+            if let Some(token) = sync {
+                // Answered by a `HostMessage::Durable` in a later round.
+                let pending = self.files.write_for_sync().map_err(|e| e.to_string())?;
+                self.syncer.submit(token, pending)?;
+            }
+            if actions.is_empty() {
+                self.book.refresh(&self.node);
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -1166,6 +1231,7 @@ impl CoreLoop {
             let mut actions = Vec::new();
             let mut stop = false;
             let mut inputs = 0;
+            let mut round_ends = false;
             let first = receiver.recv_timeout(wait);
             let mut message = match first {
                 Ok(message) => Some(message),
@@ -1184,6 +1250,17 @@ impl CoreLoop {
                     HostMessage::Peer { from, bytes } => {
                         self.peer_message(from, bytes, &mut actions)?;
                     }
+                    HostMessage::Durable(token) => {
+                        self.node
+                            .step(Input::Durable { token }, &mut actions)
+                            .map_err(|e| e.to_string())?;
+                        // What waited for the disk (a follower's answers to appends) goes out
+                        // now, not after the inputs queued behind it.
+                        round_ends = true;
+                    }
+                    HostMessage::SyncFailed(error) => {
+                        return Err(format!("cannot make the ledger durable: {error}"));
+                    }
                     HostMessage::Request(request, reply) => {
                         self.next_request += 1;
                         let id = RequestId(self.next_request);
@@ -1194,7 +1271,7 @@ impl CoreLoop {
                     }
                 }
                 inputs += 1;
-                if inputs >= BATCH_INPUTS_MAX {
+                if round_ends || inputs >= BATCH_INPUTS_MAX {
                     break;
                 }
                 message = receiver.try_recv().ok();
@@ -1227,9 +1304,11 @@ impl CoreLoop {
                 self.save_commit_if_due(false)?;
                 next_tick = Instant::now() + tick;
             }
+            self.node.flush(&mut actions).map_err(|e| e.to_string())?;
             self.perform(actions)?;
             if stop {
                 self.save_commit_if_due(true)?;
+                self.syncer.stop();
                 self.files.sync().map_err(|e| e.to_string())?;
                 self.snapshots.finish();
                 return Ok(());
@@ -1502,9 +1581,12 @@ pub fn run_node(
     let own_id = peers.node_id().to_owned();
     let hard_state = loaded.hard_state;
     let snapshots = SnapshotWriter::start(files.snapshot_files())?;
+    let (sender, receiver) = mpsc::sync_channel(16_384);
+    let syncer = Syncer::start(sender.clone())?;
     let mut core = CoreLoop {
         node,
         files,
+        syncer,
         snapshots,
         pending: HashMap::new(),
         next_request: 0,
@@ -1550,7 +1632,6 @@ pub fn run_node(
     );
     let tls = crate::tls::server_config(&chain, &identity.node_key.to_pem())
         .map_err(|error| error.to_string())?;
-    let (sender, receiver) = mpsc::sync_channel(16_384);
     let core_thread = std::thread::Builder::new()
         .name("charter-core".to_owned())
         .spawn(move || {

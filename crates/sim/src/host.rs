@@ -244,7 +244,10 @@ impl SimNode {
             return Ok(());
         };
         let mut out = Vec::new();
-        guarded(self.raft, || node.step(input, &mut out))?;
+        guarded(self.raft, || {
+            node.step(input, &mut out)?;
+            node.flush(&mut out)
+        })?;
         self.host(out)
     }
 

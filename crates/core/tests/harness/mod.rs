@@ -342,6 +342,8 @@ impl Harness {
 
     /// Plays the host: applies actions, reports durability at once.
     pub fn host(&mut self, mut actions: Vec<Action>) {
+        // The end of a batch of inputs, as for a real host.
+        self.node.flush(&mut actions).unwrap();
         let mut reads: Vec<Vec<(u64, Option<Vec<u8>>)>> = Vec::new();
         let mut encoded: Vec<(u64, charter_crypto::Digest)> = Vec::new();
         for _ in 0..100 {
