@@ -180,6 +180,49 @@ def test_erc20_deploy_transfer_events_and_confidentiality(sandbox, token_artifac
         other.eth.send_raw_transaction(stolen.raw_transaction)
 
 
+def test_transfers_sent_to_followers_are_forwarded_and_committed(sandbox3):
+    # Followers forward eth_sendRawTransaction to the primary (which recovers the senders off
+    # its core thread); the receipts and the sender's state then read back on every node.
+    sender = Account.from_key(DEV_KEY_0)
+    recipient = Account.create()
+    nodes = []
+    for index in range(3):
+        session = sandbox3.session()
+        session.cert = (
+            str(sandbox3.workspace / "user0_cert.pem"),
+            str(sandbox3.workspace / "user0_privk.pem"),
+        )
+        url = f"https://127.0.0.1:{sandbox3.port + index}/app/ethereum"
+        nodes.append(Web3(Web3.HTTPProvider(url, session=session)))
+
+    def transfer(index: int, nonce: int, value: int):
+        signed = sender.sign_transaction(
+            {
+                "to": recipient.address,
+                "value": value,
+                "gas": 21000,
+                "gasPrice": 0,
+                "nonce": nonce,
+                "chainId": CHAIN_ID,
+            }
+        )
+        return nodes[index].eth.send_raw_transaction(signed.raw_transaction)
+
+    # The account binds to user0 with its first transaction; its state is user0's from then on.
+    nonce = nodes[0].eth.get_transaction_count(sender.address)
+    first = transfer(1, nonce, 1000)
+    nodes[0].eth.wait_for_transaction_receipt(first, timeout=30, poll_latency=0.05)
+    before = nodes[0].eth.get_balance(sender.address)
+    assert before > 0
+    hashes = [first] + [transfer(index, nonce + n, 1000 + n) for n, index in [(1, 2), (2, 1), (3, 2)]]
+    for w3 in nodes:
+        for tx_hash in hashes:
+            receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30, poll_latency=0.05)
+            assert receipt.status == 1
+        assert w3.eth.get_transaction_count(sender.address) == nonce + 4
+        assert w3.eth.get_balance(sender.address) == before - (1001 + 1002 + 1003)
+
+
 def test_batch_and_malformed_requests(sandbox):
     s = sandbox.session()
     url = f"{sandbox.url}/app/ethereum"

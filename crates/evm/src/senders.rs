@@ -21,7 +21,8 @@
 //! client cannot plant a wrong sender: the host computes every entry from the request's own
 //! bytes, and nothing else writes the cache. Followers never execute transactions (they apply
 //! the primary's write sets), so their caches do not matter; a write a follower forwards to the
-//! primary arrives over the node channel and is recovered by the primary's core thread inline.
+//! primary arrives over the node channel, and the primary's host prepares it on the thread that
+//! hands node-channel messages to the core.
 //!
 //! **Bounds.** The cache holds at most [`SENDER_CACHE_ENTRIES_MAX`] entries; past that the
 //! oldest go first (entries for requests that never reach the core — refused, malformed,

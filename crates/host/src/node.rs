@@ -492,9 +492,10 @@ pub const SNAPSHOT_SEQNO_HEADER: &str = "x-charter-snapshot-seqno";
 
 enum HostMessage {
     Request(Request, tokio::sync::oneshot::Sender<Response>),
+    /// A node-channel message, decoded on the inbox thread.
     Peer {
         from: String,
-        bytes: Vec<u8>,
+        message: Result<PeerMessage, crate::wire::WireError>,
     },
     /// The ledger writes up to this sync token are durable (from the [`Syncer`]).
     Durable(u64),
@@ -658,6 +659,15 @@ impl CoreHandler {
     }
 }
 
+/// Recovers the senders of the signed Ethereum transactions in `request`, if it is a JSON-RPC
+/// call, off the core thread: the core then only executes them (`charter_evm::senders` says why
+/// the core stays deterministic).
+fn prepare_ethereum_senders(senders: &charter_evm::senders::SenderCache, request: &Request) {
+    if request.method == charter_core::Method::Post && request.path == charter_evm::RPC_FULL_PATH {
+        senders.prepare(&request.body);
+    }
+}
+
 impl Handler for CoreHandler {
     fn handle(
         &self,
@@ -666,14 +676,9 @@ impl Handler for CoreHandler {
         if request.path == SNAPSHOT_PATH && request.method == charter_core::Method::Get {
             return self.serve_snapshot(&request);
         }
-        if request.method == charter_core::Method::Post
-            && request.path == charter_evm::RPC_FULL_PATH
-        {
-            // Recovers the senders of signed Ethereum transactions on this connection's thread,
-            // in parallel with the core and other connections, so that the core thread only
-            // executes them (charter_evm::senders says why the core stays deterministic).
-            self.ethereum_senders.prepare(&request.body);
-        }
+        // Recovers the senders of signed Ethereum transactions on this connection's thread, in
+        // parallel with the core and other connections.
+        prepare_ethereum_senders(&self.ethereum_senders, &request);
         let (reply, wait) = tokio::sync::oneshot::channel();
         let sent = self.sender.try_send(HostMessage::Request(request, reply));
         Box::pin(async move {
@@ -1024,10 +1029,10 @@ impl CoreLoop {
     fn peer_message(
         &mut self,
         from: String,
-        bytes: Vec<u8>,
+        message: Result<PeerMessage, crate::wire::WireError>,
         actions: &mut Vec<Action>,
     ) -> Result<(), NodeError> {
-        match PeerMessage::decode(&bytes) {
+        match message {
             Ok(PeerMessage::Raft(bytes)) => self
                 .node
                 .step(
@@ -1247,8 +1252,8 @@ impl CoreLoop {
                         stop = true;
                         break;
                     }
-                    HostMessage::Peer { from, bytes } => {
-                        self.peer_message(from, bytes, &mut actions)?;
+                    HostMessage::Peer { from, message } => {
+                        self.peer_message(from, message, &mut actions)?;
                     }
                     HostMessage::Durable(token) => {
                         self.node
@@ -1648,11 +1653,21 @@ pub fn run_node(
     // Peer messages go to the core in order; a busy core slows the peers down (their TCP
     // windows fill) instead of losing messages here.
     let peer_sender = sender.clone();
+    let inbox_senders = Arc::clone(&ethereum_senders);
     std::thread::Builder::new()
         .name("charter-peer-inbox".to_owned())
         .spawn(move || {
             while let Some((from, bytes)) = inbox_receiver.blocking_recv() {
-                if peer_sender.send(HostMessage::Peer { from, bytes }).is_err() {
+                let message = PeerMessage::decode(&bytes);
+                if let Ok(PeerMessage::ForwardRequest { request, .. }) = &message {
+                    // A write a follower forwards has its Ethereum senders recovered here,
+                    // as a local one has on its connection's thread, not on the core thread.
+                    prepare_ethereum_senders(&inbox_senders, request);
+                }
+                if peer_sender
+                    .send(HostMessage::Peer { from, message })
+                    .is_err()
+                {
                     break;
                 }
             }
