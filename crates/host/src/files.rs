@@ -948,6 +948,35 @@ mod tests {
     }
 
     #[test]
+    fn entries_written_for_another_thread_to_sync_are_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut files, _) = LedgerFiles::open(dir.path()).unwrap();
+        assert!(files.write_for_sync().unwrap().is_none(), "no chunk yet");
+        files.append(1, &entry(1)).unwrap();
+        files.append(2, &entry(2)).unwrap();
+        let first = files.write_for_sync().unwrap().unwrap();
+        // Appends go on while the sync is pending; the next sync is of the same chunk.
+        files.append(3, &entry(3)).unwrap();
+        let second = files.write_for_sync().unwrap().unwrap();
+        assert!(first.same_chunk(&second));
+        let syncer = std::thread::spawn(move || first.sync());
+        syncer.join().unwrap().unwrap();
+        second.sync().unwrap();
+        // A sync still pending when its chunk completes syncs the renamed file harmlessly.
+        files.close_chunk(3).unwrap();
+        files.append(4, &entry(4)).unwrap();
+        let third = files.write_for_sync().unwrap().unwrap();
+        assert!(!third.same_chunk(&second));
+        second.sync().unwrap();
+        third.sync().unwrap();
+        drop(files);
+        let (files, loaded) = LedgerFiles::open(dir.path()).unwrap();
+        let seqnos: Vec<u64> = loaded.entries.iter().map(|entry| entry.seqno).collect();
+        assert_eq!(seqnos, [1, 2, 3, 4]);
+        assert_eq!(files.next_seqno(), 5);
+    }
+
+    #[test]
     fn truncating_into_a_completed_chunk_reopens_it() {
         let dir = tempfile::tempdir().unwrap();
         let (mut files, _) = LedgerFiles::open(dir.path()).unwrap();

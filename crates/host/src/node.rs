@@ -1713,3 +1713,47 @@ pub fn run_node(
     served?;
     core_result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn durable(receiver: &mpsc::Receiver<HostMessage>) -> u64 {
+        match receiver.recv_timeout(Duration::from_secs(10)) {
+            Ok(HostMessage::Durable(token)) => token,
+            Ok(_) => panic!("the syncer sends only durability"),
+            Err(error) => panic!("no answer from the syncer: {error}"),
+        }
+    }
+
+    #[test]
+    fn the_syncer_answers_every_token_in_order_sharing_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut files, _) = LedgerFiles::open(dir.path()).unwrap();
+        let (sender, receiver) = mpsc::sync_channel(16);
+        let mut syncer = Syncer::start(sender).unwrap();
+        // Nothing written yet: answered at once.
+        syncer.submit(1, files.write_for_sync().unwrap()).unwrap();
+        assert_eq!(durable(&receiver), 1);
+        let noop = |seqno| charter_ledger::encode_noop(charter_ledger::TxId::new(1, seqno));
+        let mut last = 1;
+        for token in 2..=20u64 {
+            files.append(token - 1, &noop(token - 1)).unwrap();
+            syncer
+                .submit(token, files.write_for_sync().unwrap())
+                .unwrap();
+        }
+        // Requests that queued up share an fsync and are answered with the highest token.
+        while last < 20 {
+            let token = durable(&receiver);
+            assert!(token > last, "{token} after {last}");
+            last = token;
+        }
+        syncer.stop();
+        drop(files);
+        let (_, loaded) = LedgerFiles::open(dir.path()).unwrap();
+        assert_eq!(loaded.entries.len(), 19);
+        // A stopped syncer refuses work rather than losing it silently.
+        assert!(syncer.submit(21, None).is_err());
+    }
+}
