@@ -734,6 +734,24 @@ async fn a_node_joining_after_ten_thousand_transactions_starts_from_a_snapshot()
     // Writes keep committing with the new node, and its ledger verifies from its snapshot.
     let mut client = network.client(index, Some("user0")).await;
     put(&mut client, "after-join", "x").await.unwrap();
+    // Its metrics show the core's state and the host's timings of the ledger it synced.
+    let metrics = client
+        .request("GET", "/node/metrics", &[], Vec::new())
+        .await
+        .unwrap();
+    let text = text(&metrics.body);
+    assert_eq!(metrics.status, 200, "{text}");
+    assert!(text.contains("charter_commit_seqno "), "{text}");
+    let fsyncs: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("charter_ledger_fsync_duration_seconds_count "))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no fsync count: {text}"));
+    assert!(fsyncs > 0, "{text}");
+    assert!(
+        text.contains("# TYPE charter_core_round_duration_seconds histogram"),
+        "{text}"
+    );
     network.stop();
     verify_ledger(&network, index);
 }

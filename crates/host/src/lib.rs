@@ -4,6 +4,7 @@ pub mod client;
 pub mod files;
 pub mod http;
 pub mod join;
+pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod tls;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::files::{LedgerFiles, PendingSync};
 use crate::http::{Handler, HttpLimits};
 use crate::join::{BootstrapPeer, JoinConfig};
+use crate::metrics::HostMetrics;
 use crate::peers::{PeerIdentity, Peers, TrustFn};
 use crate::wire::PeerMessage;
 
@@ -608,7 +609,12 @@ struct CoreHandler {
     service_key: charter_crypto::VerifyingKey,
     /// Senders of Ethereum transactions, recovered here before the core executes them.
     ethereum_senders: Arc<charter_evm::senders::SenderCache>,
+    /// The host's timings, added to the core's answer at [`METRICS_PATH`].
+    metrics: Arc<HostMetrics>,
 }
+
+/// The core's Prometheus metrics, to which the host adds its own ([`HostMetrics`]).
+const METRICS_PATH: &str = "/node/metrics";
 
 impl CoreHandler {
     /// `GET /node/snapshot`: the latest committed snapshot, for a caller presenting a node
@@ -679,6 +685,8 @@ impl Handler for CoreHandler {
         // Recovers the senders of signed Ethereum transactions on this connection's thread, in
         // parallel with the core and other connections.
         prepare_ethereum_senders(&self.ethereum_senders, &request);
+        let metrics = (request.method == charter_core::Method::Get && request.path == METRICS_PATH)
+            .then(|| Arc::clone(&self.metrics));
         let (reply, wait) = tokio::sync::oneshot::channel();
         let sent = self.sender.try_send(HostMessage::Request(request, reply));
         Box::pin(async move {
@@ -690,9 +698,15 @@ impl Handler for CoreHandler {
                 Err(mpsc::TrySendError::Disconnected(_)) => {
                     Response::error(503, "NodeStopping", "the node is stopping")
                 }
-                Ok(()) => wait.await.unwrap_or_else(|_| {
-                    Response::error(500, "InternalError", "the node stopped before answering")
-                }),
+                Ok(()) => {
+                    let mut response = wait.await.unwrap_or_else(|_| {
+                        Response::error(500, "InternalError", "the node stopped before answering")
+                    });
+                    if let Some(metrics) = metrics.filter(|_| response.status == 200) {
+                        response.body.extend(metrics.render().into_bytes());
+                    }
+                    response
+                }
             }
         })
     }
@@ -764,12 +778,18 @@ fn lower_this_threads_priority() {
 /// made it. Requests that queue up during one fsync share the next, and each answer goes back
 /// to the core as [`HostMessage::Durable`] with the highest token covered.
 struct Syncer {
-    requests: Option<mpsc::Sender<(u64, Option<PendingSync>)>>,
+    requests: Option<mpsc::Sender<SyncRequest>>,
 }
 
+/// A sync token, what to sync for it, and when the core asked.
+type SyncRequest = (u64, Option<PendingSync>, Instant);
+
 impl Syncer {
-    fn start(core: mpsc::SyncSender<HostMessage>) -> Result<Syncer, NodeError> {
-        let (requests, receiver) = mpsc::channel::<(u64, Option<PendingSync>)>();
+    fn start(
+        core: mpsc::SyncSender<HostMessage>,
+        metrics: Arc<HostMetrics>,
+    ) -> Result<Syncer, NodeError> {
+        let (requests, receiver) = mpsc::channel::<SyncRequest>();
         std::thread::Builder::new()
             .name("charter-sync".to_owned())
             .spawn(move || {
@@ -777,17 +797,22 @@ impl Syncer {
                 while let Ok(first) = receiver.recv() {
                     let mut batch = vec![first];
                     batch.extend(receiver.try_iter());
-                    let token = batch.iter().map(|(token, _)| *token).max().unwrap_or(0);
+                    let token = batch.iter().map(|(token, ..)| *token).max().unwrap_or(0);
                     let mut synced: Vec<&PendingSync> = Vec::new();
-                    for pending in batch.iter().filter_map(|(_, pending)| pending.as_ref()) {
+                    for pending in batch.iter().filter_map(|(_, pending, _)| pending.as_ref()) {
                         if synced.iter().any(|done| done.same_chunk(pending)) {
                             continue;
                         }
+                        let started = Instant::now();
                         if let Err(error) = pending.sync() {
                             let _ = core.send(HostMessage::SyncFailed(error.to_string()));
                             return;
                         }
+                        metrics.ledger_fsync.observe(started.elapsed());
                         synced.push(pending);
+                    }
+                    for (_, _, asked) in &batch {
+                        metrics.ledger_sync.observe(asked.elapsed());
                     }
                     if core.send(HostMessage::Durable(token)).is_err() {
                         return;
@@ -805,7 +830,7 @@ impl Syncer {
     fn submit(&self, token: u64, pending: Option<PendingSync>) -> Result<(), NodeError> {
         self.requests
             .as_ref()
-            .and_then(|requests| requests.send((token, pending)).ok())
+            .and_then(|requests| requests.send((token, pending, Instant::now())).ok())
             .ok_or_else(|| "the ledger sync thread has stopped".to_owned())
     }
 
@@ -912,6 +937,7 @@ struct CoreLoop {
     node: Node,
     files: LedgerFiles,
     syncer: Syncer,
+    metrics: Arc<HostMetrics>,
     snapshots: SnapshotWriter,
     pending: HashMap<RequestId, Reply>,
     next_request: u64,
@@ -1238,6 +1264,7 @@ impl CoreLoop {
             let mut inputs = 0;
             let mut round_ends = false;
             let first = receiver.recv_timeout(wait);
+            let round_started = Instant::now();
             let mut message = match first {
                 Ok(message) => Some(message),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
@@ -1310,7 +1337,11 @@ impl CoreLoop {
                 next_tick = Instant::now() + tick;
             }
             self.node.flush(&mut actions).map_err(|e| e.to_string())?;
+            let busy = inputs > 0 || !actions.is_empty();
             self.perform(actions)?;
+            if busy {
+                self.metrics.core_round.observe(round_started.elapsed());
+            }
             if stop {
                 self.save_commit_if_due(true)?;
                 self.syncer.stop();
@@ -1587,11 +1618,13 @@ pub fn run_node(
     let hard_state = loaded.hard_state;
     let snapshots = SnapshotWriter::start(files.snapshot_files())?;
     let (sender, receiver) = mpsc::sync_channel(16_384);
-    let syncer = Syncer::start(sender.clone())?;
+    let metrics = Arc::new(HostMetrics::default());
+    let syncer = Syncer::start(sender.clone(), Arc::clone(&metrics))?;
     let mut core = CoreLoop {
         node,
         files,
         syncer,
+        metrics: Arc::clone(&metrics),
         snapshots,
         pending: HashMap::new(),
         next_request: 0,
@@ -1685,6 +1718,7 @@ pub fn run_node(
             .public_key()
             .map_err(|error| format!("service certificate: {error}"))?,
         ethereum_senders,
+        metrics,
     });
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.rpc_address)
@@ -1731,7 +1765,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut files, _) = LedgerFiles::open(dir.path()).unwrap();
         let (sender, receiver) = mpsc::sync_channel(16);
-        let mut syncer = Syncer::start(sender).unwrap();
+        let metrics = Arc::new(HostMetrics::default());
+        let mut syncer = Syncer::start(sender, Arc::clone(&metrics)).unwrap();
         // Nothing written yet: answered at once.
         syncer.submit(1, files.write_for_sync().unwrap()).unwrap();
         assert_eq!(durable(&receiver), 1);
@@ -1750,6 +1785,10 @@ mod tests {
             last = token;
         }
         syncer.stop();
+        // Every request is timed; the first had nothing to sync.
+        assert_eq!(metrics.ledger_sync.count(), 20);
+        let fsyncs = metrics.ledger_fsync.count();
+        assert!((1..=19).contains(&fsyncs), "{fsyncs}");
         drop(files);
         let (_, loaded) = LedgerFiles::open(dir.path()).unwrap();
         assert_eq!(loaded.entries.len(), 19);
