@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use charter_bench_core::args::{BenchArgs, SignatureInterval};
 use charter_bench_core::chart::{self, Point, Series};
+use charter_bench_core::metrics::NodeTimings;
 use charter_bench_core::report::{Report, Role, RunFigures, System, Workload};
 use charter_bench_core::stats::{join_commits, LatencySummary, WriteSample};
 use clap::Parser;
@@ -116,9 +117,28 @@ fn figures(
         uncommitted,
         view_changed,
         server_cpu_ms_per_operation: server_cpu_s * 1e3 / latency.count.max(1) as f64,
+        host_timings: Vec::new(),
         server_cpu_s,
         latency,
     }
+}
+
+/// Each node's `GET /node/metrics` text; empty for a node that does not answer (its timings
+/// are then left out).
+async fn scrape_metrics(sandbox: &Sandbox) -> Vec<String> {
+    let mut texts = Vec::with_capacity(sandbox.nodes.len());
+    for node in &sandbox.nodes {
+        let text = match https::Https::connect(node.address, sandbox.tls.clone()).await {
+            Ok(mut client) => client
+                .request("GET", "/node/metrics", Bytes::new())
+                .await
+                .map(|reply| String::from_utf8_lossy(&reply.body).into_owned())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        texts.push(text);
+    }
+    texts
 }
 
 fn reply_latencies(outcome: &Outcome) -> Vec<f64> {
@@ -368,6 +388,7 @@ impl Bench {
             },
             signature
         );
+        let metrics_before = scrape_metrics(sandbox).await;
         let outcome = closed_loop(
             writers,
             &sandbox.pids(),
@@ -378,6 +399,16 @@ impl Bench {
         )
         .await;
         report_errors(&label, &outcome);
+        let metrics_after = scrape_metrics(sandbox).await;
+        let host_timings: Vec<NodeTimings> = metrics_before
+            .iter()
+            .zip(&metrics_after)
+            .enumerate()
+            .filter_map(|(node, (before, after))| NodeTimings::between(node, before, after))
+            .collect();
+        for timings in &host_timings {
+            eprintln!("  {}", timings.summary());
+        }
         if let Some(mut profiler) = profiler {
             let _ = profiler.wait();
         }
@@ -444,7 +475,7 @@ impl Bench {
         }
         let mut join = join_commits(&samples, &observations);
         self.written = outcome.last_counters.clone();
-        self.runs.push(figures(
+        let mut run = figures(
             label,
             System::Charter,
             Workload::Write,
@@ -459,7 +490,9 @@ impl Bench {
             join.uncommitted,
             join.view_changed,
             outcome.server_cpu_s,
-        ));
+        );
+        run.host_timings = host_timings;
+        self.runs.push(run);
         if reads {
             let targets: Vec<(&str, Vec<std::net::SocketAddr>)> = vec![
                 ("primary", vec![primary]),

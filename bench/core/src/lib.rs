@@ -12,6 +12,7 @@
 
 pub mod args;
 pub mod chart;
+pub mod metrics;
 pub mod progress;
 pub mod report;
 pub mod stats;

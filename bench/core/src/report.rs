@@ -80,6 +80,10 @@ pub struct RunFigures {
     /// Server CPU milliseconds per operation: a cost that, unlike throughput, barely depends
     /// on what else the shared machine runs.
     pub server_cpu_ms_per_operation: f64,
+    /// Charter's host timings per node over the write phase, warm-up included (empty for etcd
+    /// and reads).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_timings: Vec<crate::metrics::NodeTimings>,
 }
 
 /// Charter against etcd: ratio of throughputs (higher is better) and of p99 latencies (lower is
@@ -253,6 +257,7 @@ mod tests {
             },
             server_cpu_s: 10.0,
             server_cpu_ms_per_operation: 10_000.0 / (ops * 10.0),
+            host_timings: Vec::new(),
         }
     }
 
