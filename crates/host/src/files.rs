@@ -649,6 +649,34 @@ impl LedgerFiles {
     }
 }
 
+/// Bytes of a snapshot written back to the disk at a time (see [`write_back`]).
+const SNAPSHOT_WRITEBACK_BYTES: usize = 1 << 20;
+
+/// Writes `len` bytes of `file` from `offset` to the disk now and waits for them, without
+/// making them durable (no journal commit): a snapshot is tens of megabytes, and left to the
+/// fsync that commits it, or to the kernel's writeback, it reached the disk in one burst that
+/// the ledger's fsyncs queued behind (their wait's p99 went from 6 to 26 ms with snapshots on,
+/// in the benchmark). Written a megabyte at a time on the snapshot thread, it paces itself.
+/// Durability still comes from [`SnapshotFiles::commit`]'s fsync. Linux only; a hint, so a
+/// failure is ignored.
+fn write_back(file: &File, offset: u64, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: the descriptor is open for the call (borrowed from `file`); the kernel only
+        // reads the integer arguments.
+        let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
 /// The snapshot directory of a node whose ledger is in `ledger_dir`: `snapshots/` next to it.
 pub fn snapshot_dir_for(ledger_dir: &Path) -> PathBuf {
     ledger_dir
@@ -783,9 +811,14 @@ impl SnapshotFiles {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.path(seqno, false);
         let mut file = File::create(&path).map_err(io(&path))?;
-        file.write_all(&committed_snapshot_prefix(snapshot.len() as u64))
-            .and_then(|()| file.write_all(snapshot))
-            .map_err(io(&path))
+        let prefix = committed_snapshot_prefix(snapshot.len() as u64);
+        let mut offset = 0;
+        for piece in std::iter::once(&prefix[..]).chain(snapshot.chunks(SNAPSHOT_WRITEBACK_BYTES)) {
+            file.write_all(piece).map_err(io(&path))?;
+            write_back(&file, offset, piece.len());
+            offset += piece.len() as u64;
+        }
+        Ok(())
     }
 
     /// Appends the evidence to `snapshot_<seqno>`, syncs it and renames it
@@ -1046,6 +1079,24 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_snapshot_written_back_a_megabyte_at_a_time_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshots = SnapshotFiles::new(dir.path());
+        let snapshot: Vec<u8> = (0..SNAPSHOT_WRITEBACK_BYTES * 5 / 2)
+            .map(|index| (index % 251) as u8)
+            .collect();
+        snapshots.write(7, &snapshot).unwrap();
+        snapshots.commit(7, b"{\"receipt\":7}").unwrap();
+        let file = snapshots.read_committed(7).unwrap();
+        let parts = charter_ledger::split_committed_snapshot(&file).unwrap();
+        assert!(
+            parts.snapshot == snapshot.as_slice(),
+            "the snapshot came back different"
+        );
+        assert_eq!(parts.evidence, b"{\"receipt\":7}");
     }
 
     #[test]
