@@ -805,18 +805,28 @@ impl Consensus {
         if self.held_appends.is_empty() {
             return;
         }
-        let mut merged: Vec<Message> = Vec::with_capacity(self.held_appends.len());
+        // Each message with the bytes of entry data it carries, kept as it grows.
+        let mut merged: Vec<(Message, usize)> = Vec::with_capacity(self.held_appends.len());
         for message in self.held_appends.drain(..) {
+            let bytes = entry_bytes(&message);
             let earlier = merged
                 .iter_mut()
                 .rev()
-                .find(|earlier| earlier.to == message.to);
+                .find(|(earlier, _)| earlier.to == message.to);
             match earlier {
-                Some(earlier) if continues(earlier, &message) => extend_append(earlier, message),
-                _ => merged.push(message),
+                Some((earlier, earlier_bytes))
+                    if *earlier_bytes < MERGED_APPEND_BYTES_MAX && continues(earlier, &message) =>
+                {
+                    *earlier_bytes += bytes;
+                    extend_append(earlier, message);
+                }
+                _ => merged.push((message, bytes)),
             }
         }
-        push_messages(out, merged);
+        push_messages(
+            out,
+            merged.into_iter().map(|(message, _)| message).collect(),
+        );
     }
 }
 
@@ -830,15 +840,17 @@ fn append_end(message: &Message) -> (u64, u64) {
         })
 }
 
-/// Whether `later` is an append of the same term that starts where `earlier` ends, with room
-/// left in `earlier`.
+/// Bytes of entry data in `message`.
+fn entry_bytes(message: &Message) -> usize {
+    message.entries.iter().map(|entry| entry.data.len()).sum()
+}
+
+/// Whether `later` is an append of the same term that starts where `earlier` ends.
 fn continues(earlier: &Message, later: &Message) -> bool {
-    let bytes: usize = earlier.entries.iter().map(|entry| entry.data.len()).sum();
     earlier.get_msg_type() == MessageType::MsgAppend
         && later.get_msg_type() == MessageType::MsgAppend
         && earlier.term == later.term
         && append_end(earlier) == (later.index, later.log_term)
-        && bytes < MERGED_APPEND_BYTES_MAX
 }
 
 /// Appends `later`'s entries to `earlier`, which then carries the later commit index too.
@@ -1165,6 +1177,24 @@ mod tests {
         second.term = 2;
         second.index = 6;
         assert!(!continues(&first, &second), "a gap is never merged over");
+        // A message past the size bound is not extended: the next one goes on its own.
+        let mut big = first.clone();
+        big.to = 2;
+        let entry = Entry {
+            index: 6,
+            term: 2,
+            data: vec![0u8; MERGED_APPEND_BYTES_MAX].into(),
+            ..Entry::default()
+        };
+        big.set_entries(vec![entry].into());
+        let mut next = first.clone();
+        next.to = 2;
+        next.index = 6;
+        assert!(continues(&big, &next));
+        members[0].held_appends = vec![big, next];
+        let mut out = Vec::new();
+        members[0].release_appends(&mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
     }
 
     #[test]

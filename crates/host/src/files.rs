@@ -460,18 +460,10 @@ impl LedgerFiles {
     /// # Errors
     /// [`FilesError::Io`]; the caller must stop the node, nothing acknowledged is lost.
     pub fn sync(&mut self) -> Result<(), FilesError> {
-        self.flush()?;
-        if let Some((file, first)) = &self.open {
-            let path = self.dir.join(
-                ChunkName {
-                    first: *first,
-                    last: None,
-                }
-                .file_name(),
-            );
-            file.sync_data().map_err(io(&path))?;
+        match self.write_for_sync()? {
+            Some(pending) => pending.sync(),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Writes buffered entries to the open chunk (the page cache) and returns what makes them
