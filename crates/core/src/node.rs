@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use charter_consensus::{Consensus, ConsensusConfig, LogBase, LogEntry, LogKind, Output, Restored};
-use charter_crypto::{Certificate, Digest, LedgerSecret, SigningKey};
+use charter_crypto::{Certificate, Digest, LedgerSecret, PrecomputedVerifyingKey, SigningKey};
 use charter_kv::{Store, Tx, WriteSet};
 use charter_ledger::merkle::MerkleTree;
 use charter_ledger::snapshot::view_at;
@@ -232,7 +232,13 @@ pub struct NodeConfig {
     /// Signed governance requests must be created within this many seconds of the node's time.
     pub gov_request_window_s: u64,
     /// Take a snapshot at the first signature at least this many seqnos after the previous
-    /// snapshot (0: never).
+    /// snapshot, and at least as many seqnos as the previous snapshot held keys (0: never).
+    ///
+    /// A snapshot is the whole state, so its cost grows with the state while the ledger it
+    /// saves replaying grows with the transactions. The second condition keeps snapshot
+    /// writing proportional to ledger writing when the state keeps growing (a snapshot of a
+    /// million keys is not re-encoded every 10,000 transactions), and changes nothing while
+    /// the state stays smaller than the interval.
     pub snapshot_interval_txs: u64,
     /// Recovery encryption keys (PEM, [`charter_crypto::RecoveryPublicKey`]) of genesis
     /// members, by member ID: the genesis transaction records them and deals recovery shares.
@@ -377,6 +383,8 @@ impl SnapshotWork {
 struct SnapshotPoint {
     view: u64,
     store: Store,
+    /// Keys present in `store`: the next point is at least this many seqnos later.
+    keys: u64,
     /// Forced (after a recovery): every node encodes it.
     forced: bool,
 }
@@ -387,6 +395,10 @@ struct SnapshotPoint {
 /// nodes under a write load, encoding one per interval on every node took a fifth of the
 /// machine.)
 pub const FOLLOWER_SNAPSHOT_SPACING: u64 = 4;
+
+/// Most signing nodes whose precomputed keys a replica keeps (a third of a megabyte each):
+/// primaries change rarely, so this is never reached in practice.
+const SIGNER_KEYS_MAX: usize = 8;
 
 /// Most snapshots a node remembers writing while their evidence is not yet committed.
 pub const SNAPSHOTS_AWAITING_EVIDENCE_MAX: usize = 4;
@@ -451,9 +463,9 @@ pub struct Node {
     rollback_points: BTreeMap<u64, Store>,
     /// Write sets of the entries after the commit point that have no rollback point: a
     /// rollback replays them onto the nearest point before its target. Points are kept only
-    /// at signatures, at the start of a run and every [`ROLLBACK_POINT_ENTRIES_MAX`] entries,
-    /// because a store clone per entry made every write copy the paths it touched (about a
-    /// fifth of a replica's core thread under load).
+    /// at the start of a run and every [`ROLLBACK_POINT_ENTRIES_MAX`] entries, because a
+    /// store clone per entry made every write copy the paths it touched (about a fifth of a
+    /// replica's core thread under load).
     rollback_write_sets: BTreeMap<u64, WriteSet>,
     /// Whether the configuration has voters other than this node.
     replicated: bool,
@@ -468,6 +480,9 @@ pub struct Node {
     apps: Vec<Box<dyn crate::app::Application>>,
     /// Historical transactions read back from the ledger files.
     historical: HistoricalCache,
+    /// Keys of the nodes whose signatures this replica checked, by node ID, with the
+    /// certificate they came from: precomputed, each verifies in a quarter of the time.
+    signer_keys: BTreeMap<String, (String, PrecomputedVerifyingKey)>,
     /// Sequence of sync tokens handed to the host.
     pending_syncs: HashMap<u64, ()>,
     /// Seqno of the snapshot this node started from; 0 when it holds the ledger from seqno 1.
@@ -480,6 +495,8 @@ pub struct Node {
     snapshot_points: BTreeMap<u64, SnapshotPoint>,
     /// The last snapshot point written (or started from).
     snapshot_last: u64,
+    /// Keys present in the state at `snapshot_last`.
+    snapshot_last_keys: u64,
     /// The last snapshot point this node encoded (or started from), for
     /// [`FOLLOWER_SNAPSHOT_SPACING`].
     snapshot_encoded_last: Option<u64>,
@@ -594,6 +611,7 @@ impl Node {
             poisoned: None,
             apps: Vec::new(),
             historical: HistoricalCache::default(),
+            signer_keys: BTreeMap::new(),
             pending_syncs: HashMap::new(),
             nodes_version: 0,
             pending_reads: Vec::new(),
@@ -602,6 +620,7 @@ impl Node {
             conf_changes: BTreeMap::new(),
             snapshot_points: BTreeMap::new(),
             snapshot_last: 0,
+            snapshot_last_keys: 0,
             snapshot_encoded_last: None,
             own_proposal: None,
             snapshots_encoding: BTreeSet::new(),
@@ -710,6 +729,7 @@ impl Node {
         self.ingested = seqno;
         self.base_seqno = seqno;
         self.snapshot_last = seqno;
+        self.snapshot_last_keys = self.store.present_keys();
         self.snapshot_encoded_last = Some(seqno);
         // The base is committed; a rollback to it must find its state.
         self.rollback_points.insert(seqno, self.store.clone());
@@ -737,6 +757,7 @@ impl Node {
             }
             let (seqno, point) = entry.remove_entry();
             self.snapshot_last = seqno;
+            self.snapshot_last_keys = point.keys;
             // The primary encodes every point (joiners fetch its snapshots, and it writes the
             // evidence); a follower only one in FOLLOWER_SNAPSHOT_SPACING, for its own
             // restarts.
@@ -1404,10 +1425,7 @@ impl Node {
                         // States before the commit point can never be rolled back to again.
                         // Pruned only when the commit point moves (at signatures), so the cost
                         // is paid once per signature, not once per write.
-                        let keep = self.rollback_points.split_off(&self.commit_seqno);
-                        self.rollback_points = keep;
-                        let keep = self.rollback_write_sets.split_off(&(self.commit_seqno + 1));
-                        self.rollback_write_sets = keep;
+                        self.forget_rollbacks_before_commit();
                         self.snapshots_on_commit(out);
                     }
                 }
@@ -1583,20 +1601,18 @@ impl Node {
         self.ingested = entry.seqno;
         assert_eq!(self.tree.len(), self.ingested);
         if self.replicated && entry.seqno > self.commit_seqno {
-            self.remember_for_rollback(
-                entry.seqno,
-                write_set,
-                decoded.kind == EntryKind::Signature,
-            );
+            self.remember_for_rollback(entry.seqno, write_set);
         }
         Ok(())
     }
 
     /// Keeps what a rollback to `seqno` needs, the store having just applied `write_set` at
-    /// `seqno`: a full store state (a rollback point) at signatures (where the commit point
-    /// lands), at the first entry of a run and every [`ROLLBACK_POINT_ENTRIES_MAX`] entries;
-    /// otherwise the write set, replayed by [`Node::roll_back_to`].
-    fn remember_for_rollback(&mut self, seqno: u64, write_set: WriteSet, signature: bool) {
+    /// `seqno`: a full store state (a rollback point) at the first entry of a run and every
+    /// [`ROLLBACK_POINT_ENTRIES_MAX`] entries; otherwise the write set, replayed by
+    /// [`Node::roll_back_to`]. Signatures get no point of their own: each point is a store
+    /// clone after which every write copies the B-tree paths it touches, and at a signature
+    /// every 10 ms those copies (and freeing them) were a tenth of each node's core thread.
+    fn remember_for_rollback(&mut self, seqno: u64, write_set: WriteSet) {
         assert!(seqno > 0);
         let previous_point = self
             .rollback_points
@@ -1605,8 +1621,7 @@ impl Node {
             .map(|(at, _)| *at);
         let run_continues = previous_point == Some(seqno - 1)
             || self.rollback_write_sets.contains_key(&(seqno - 1));
-        let point_due = signature
-            || !run_continues
+        let point_due = !run_continues
             || previous_point.is_none_or(|at| seqno - at >= ROLLBACK_POINT_ENTRIES_MAX);
         if point_due {
             self.rollback_points.insert(seqno, self.store.clone());
@@ -1619,9 +1634,30 @@ impl Node {
         );
     }
 
+    /// Drops the rollback state no longer needed once the commit point moved: everything
+    /// before the last point at or below the commit point, which a rollback to the commit
+    /// point replays from. At most [`ROLLBACK_POINT_ENTRIES_MAX`] write sets stay below it.
+    fn forget_rollbacks_before_commit(&mut self) {
+        let base = self
+            .rollback_points
+            .range(..=self.commit_seqno)
+            .next_back()
+            .map(|(at, _)| *at);
+        let Some(base) = base else {
+            // No point at or below the commit point: the commit point is below every entry
+            // kept (a fresh run), and nothing below it is held.
+            return;
+        };
+        let keep = self.rollback_points.split_off(&base);
+        self.rollback_points = keep;
+        let keep = self.rollback_write_sets.split_off(&(base + 1));
+        self.rollback_write_sets = keep;
+    }
+
     /// Remembers the state at a signature that is a snapshot point: the first signature at
-    /// least `snapshot_interval_txs` after the previous point. Every node ingests the same
-    /// entries, so every node picks the same points.
+    /// least `snapshot_interval_txs` after the previous point, and at least as many seqnos
+    /// after it as the previous point's state held keys. Every node ingests the same entries
+    /// (and so holds the same state at the same seqno), so every node picks the same points.
     fn remember_snapshot_point(&mut self, entry: &LogEntry) {
         let interval = self.config.snapshot_interval_txs;
         if !self.recovery.pending.is_empty() {
@@ -1634,6 +1670,7 @@ impl Node {
                 SnapshotPoint {
                     view: entry.view,
                     store: self.store.clone(),
+                    keys: self.store.present_keys(),
                     forced: true,
                 },
             );
@@ -1642,11 +1679,11 @@ impl Node {
         if interval == 0 {
             return;
         }
-        let previous = self
-            .snapshot_points
-            .last_key_value()
-            .map_or(self.snapshot_last, |(seqno, _)| *seqno);
-        if entry.seqno < previous.saturating_add(interval) {
+        let (previous, previous_keys) = self.snapshot_points.last_key_value().map_or(
+            (self.snapshot_last, self.snapshot_last_keys),
+            |(seqno, point)| (*seqno, point.keys),
+        );
+        if entry.seqno < previous.saturating_add(interval.max(previous_keys)) {
             return;
         }
         if self.replaying {
@@ -1658,6 +1695,7 @@ impl Node {
             SnapshotPoint {
                 view: entry.view,
                 store: self.store.clone(),
+                keys: self.store.present_keys(),
                 forced: false,
             },
         );
@@ -1678,7 +1716,7 @@ impl Node {
 
     /// Checks a signature transaction from another node: the root must be this replica's own
     /// root over the same entries, signed by a node of the service.
-    fn check_signature(&self, record: &SignatureRecord) -> Result<(), String> {
+    fn check_signature(&mut self, record: &SignatureRecord) -> Result<(), String> {
         let root = record.root_digest().map_err(|error| error.to_string())?;
         if self.tree.root() != Some(root) {
             return Err(format!(
@@ -1691,9 +1729,24 @@ impl Node {
             .get(NODES_MAP, record.node_id.as_bytes())
             .and_then(|bytes| serde_json::from_slice(bytes).ok())
             .ok_or_else(|| format!("signature by unknown node {}", record.node_id))?;
-        let cert = Certificate::from_pem(&node.cert).map_err(|error| error.to_string())?;
-        let key = cert.public_key().map_err(|error| error.to_string())?;
         let signature = record.signature_der().map_err(|error| error.to_string())?;
+        let key = match self.signer_keys.get(&record.node_id) {
+            Some((cert, key)) if *cert == node.cert => key,
+            _ => {
+                let cert = Certificate::from_pem(&node.cert).map_err(|error| error.to_string())?;
+                let key = cert.public_key().map_err(|error| error.to_string())?;
+                if self.signer_keys.len() >= SIGNER_KEYS_MAX {
+                    self.signer_keys.clear();
+                }
+                let entry = (node.cert, PrecomputedVerifyingKey::new(&key));
+                &self
+                    .signer_keys
+                    .entry(record.node_id.clone())
+                    .insert_entry(entry)
+                    .into_mut()
+                    .1
+            }
+        };
         key.verify_digest(&root, &signature)
             .map_err(|_| format!("signature at {} does not verify", record.seqno))
     }

@@ -466,7 +466,9 @@ fn settled(c: &Cluster) -> bool {
 #[test]
 fn every_node_writes_the_same_snapshots_and_a_late_joiner_starts_from_one() {
     let mut cluster = three_nodes_with(small_snapshots);
-    let before = write_and_commit(&mut cluster, 0, "before", 60);
+    // Each write adds a key, so points spread out as the state grows (a point waits for as
+    // many seqnos as the previous one held keys): 120 writes still cross three.
+    let before = write_and_commit(&mut cluster, 0, "before", 120);
     cluster.tick_until(100, "a snapshot to commit on every node", |c| {
         c.nodes.iter().all(|h| !h.committed_snapshots.is_empty())
     });
@@ -476,7 +478,7 @@ fn every_node_writes_the_same_snapshots_and_a_late_joiner_starts_from_one() {
     let points: Vec<u64> = cluster.nodes[0].snapshots.keys().copied().collect();
     assert!(
         points.len() >= 3,
-        "60 writes cross several points: {points:?}"
+        "120 writes cross several points: {points:?}"
     );
     let spacing = 25 * charter_core::FOLLOWER_SNAPSHOT_SPACING;
     for harness in &cluster.nodes[1..] {
@@ -545,7 +547,7 @@ fn every_node_writes_the_same_snapshots_and_a_late_joiner_starts_from_one() {
     );
     // Receipts for transactions before and after the snapshot verify on the new node, and are
     // the ones the primary gives.
-    for tx_id in [before[0], before[59], after[0], after[39]] {
+    for tx_id in [before[0], before[119], after[0], after[39]] {
         assert_eq!(
             cluster.nodes[3].node.tx_status(tx_id),
             charter_core::TxStatus::Committed

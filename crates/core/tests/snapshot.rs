@@ -268,3 +268,55 @@ fn ledger_verification_catches_a_valid_snapshot_of_another_history() {
             .unwrap_err();
     assert!(failure.reason.contains("Merkle leaf mismatch"), "{failure}");
 }
+
+/// Snapshot points: every `snapshot_interval_txs` seqnos while the state stays small, but
+/// never closer than the previous point's key count while the state grows, so that snapshot
+/// encoding stays proportional to the ledger instead of to (state size x writes).
+#[test]
+fn snapshot_points_spread_out_as_the_state_grows() {
+    let mut harness = Harness::new_with(|config| {
+        config.snapshot_interval_txs = 40;
+        config.signature_interval_txs = 5;
+    });
+    // Rewriting three keys: the state (the genesis maps and these) stays under 40 keys, so
+    // points come every 40 seqnos, give or take a signature interval.
+    for round in 0..100 {
+        harness.put(&format!("same{}", round % 3), b"value");
+    }
+    harness.tick(150);
+    let keys_then = harness.node.store().present_keys();
+    assert!(keys_then < 40, "{keys_then} keys");
+    let steady: Vec<u64> = harness.snapshots.keys().copied().collect();
+    assert!(steady.len() >= 2, "{steady:?}");
+    assert!(
+        steady
+            .windows(2)
+            .all(|pair| (40..=45).contains(&(pair[1] - pair[0]))),
+        "{steady:?}"
+    );
+    // Now every write adds a key: each gap is at least the key count at the point before it,
+    // so the gaps keep growing.
+    for index in 0..400 {
+        harness.put(&format!("new{index}"), b"value");
+        if index % 50 == 49 {
+            harness.tick(150);
+        }
+    }
+    harness.tick(150);
+    let points: Vec<u64> = harness.snapshots.keys().copied().collect();
+    let last_steady = steady[steady.len() - 1];
+    let growing: Vec<u64> = points
+        .iter()
+        .copied()
+        .filter(|p| *p > last_steady)
+        .collect();
+    assert!(growing.len() >= 3, "{points:?}");
+    let gaps: Vec<u64> = growing.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    assert!(
+        gaps.windows(2).all(|pair| pair[1] > pair[0]),
+        "gaps grow: {points:?}"
+    );
+    // The interval alone would have put a point every 40 seqnos.
+    let span = growing[growing.len() - 1] - last_steady;
+    assert!((growing.len() as u64) < span / 40, "{points:?}");
+}

@@ -2,7 +2,7 @@
 //! entry (a Merkle leaf), and ECDSA P-384 signing and verifying (ledger signatures, user
 //! requests).
 
-use charter_crypto::{sha256, LedgerSecret, SigningKey};
+use charter_crypto::{sha256, LedgerSecret, PrecomputedVerifyingKey, SigningKey};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 fn bench_crypto(c: &mut Criterion) {
@@ -36,6 +36,19 @@ fn bench_crypto(c: &mut Criterion) {
     });
     c.bench_function("ecdsa_p384 verify", |b| {
         b.iter(|| verifying.verify(black_box(&message), black_box(&signature)))
+    });
+    // A Merkle root's signature, as replicas check it at every signature transaction.
+    let root = sha256(b"root");
+    let root_signature = key.sign_digest(&root).expect("a 32-byte prehash");
+    c.bench_function("ecdsa_p384 verify_digest", |b| {
+        b.iter(|| verifying.verify_digest(black_box(&root), black_box(&root_signature)))
+    });
+    let precomputed = PrecomputedVerifyingKey::new(&verifying);
+    c.bench_function("ecdsa_p384 verify_digest, precomputed key", |b| {
+        b.iter(|| precomputed.verify_digest(black_box(&root), black_box(&root_signature)))
+    });
+    c.bench_function("ecdsa_p384 precompute a key", |b| {
+        b.iter(|| PrecomputedVerifyingKey::new(black_box(&verifying)))
     });
 }
 

@@ -19,6 +19,7 @@ mod cose;
 mod error;
 mod hash;
 mod keys;
+mod precomputed;
 mod recovery;
 mod wrap;
 
@@ -33,6 +34,7 @@ pub use cose::{
 pub use error::CryptoError;
 pub use hash::{hmac_sha256, sha256, sha256_parts, Digest};
 pub use keys::{SigningKey, VerifyingKey, SIGNATURE_RAW_BYTES};
+pub use precomputed::PrecomputedVerifyingKey;
 pub use recovery::{
     combine, deal, open_share, partial_decrypt, verify_partial, Deal, DealtShare, KeyShare,
     PartialDecryption, RecoveryCiphertext, RecoveryKeyPair, RecoveryPublicKey,

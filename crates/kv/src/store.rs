@@ -250,6 +250,17 @@ impl Store {
     pub fn entries<'a>(&'a self, map: &str) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
         self.state.entries(map)
     }
+
+    /// How many keys are present across all maps (tombstones not counted): the number of
+    /// entries a snapshot of this store holds. O(number of maps).
+    pub fn present_keys(&self) -> u64 {
+        let counts = self
+            .state
+            .maps
+            .values()
+            .map(|state| state.present_keys as u64);
+        counts.sum()
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +290,33 @@ mod tests {
         assert_eq!(store.get("m", b"k"), None);
         assert_eq!(store.snapshot().key_version("m", b"k"), 2);
         assert!(store.map_names().is_empty());
+    }
+
+    #[test]
+    fn present_keys_counts_live_keys_of_every_map() {
+        let mut store = Store::new();
+        assert_eq!(store.present_keys(), 0);
+        let mut ws = write("a", b"1", Some(b"x"));
+        ws.put("a", b"2", b"y");
+        ws.put("b", b"1", b"z");
+        store.apply(&ws, 1);
+        assert_eq!(store.present_keys(), 3);
+        // Overwriting keeps the count; removing (and removing again) drops it once.
+        store.apply(&write("a", b"1", Some(b"new")), 2);
+        assert_eq!(store.present_keys(), 3);
+        store.apply(&write("a", b"2", None), 3);
+        store.apply(&write("a", b"2", None), 4);
+        assert_eq!(store.present_keys(), 2);
+        assert_eq!(
+            store.present_keys(),
+            store
+                .snapshot()
+                .to_write_set()
+                .maps
+                .values()
+                .map(|m| m.len() as u64)
+                .sum::<u64>()
+        );
     }
 
     #[test]

@@ -289,7 +289,10 @@ impl Node {
         self.conf_changes = later;
         let later = self.snapshot_points.split_off(&(end + 1));
         self.snapshot_points = later;
-        self.snapshot_last = self.snapshot_last.max(end);
+        if end > self.snapshot_last {
+            self.snapshot_last = end;
+            self.snapshot_last_keys = self.store.present_keys();
+        }
     }
 
     fn write_recovery_start(
