@@ -56,6 +56,24 @@ pub(crate) fn with_tx_header(response: Response, tx_id: TxId) -> Response {
     response.with_header("x-ms-ccf-transaction-id", tx_id.to_string())
 }
 
+/// The answer to `GET /node/commit` when the commit point is `tx_id`. A host may give it
+/// without queueing the request behind the core's work, from the commit point the core last
+/// reported (see [`is_commit_query`]); it is the same answer the core gives.
+pub fn commit_response(tx_id: TxId) -> Response {
+    with_tx_header(
+        Response::json(200, &json!({"transaction_id": tx_id.to_string()})),
+        tx_id,
+    )
+}
+
+/// Whether `request` asks only for the commit point (`GET /node/commit`, not a linearizable
+/// read, which must wait for a signature): [`commit_response`] answers it.
+pub fn is_commit_query(request: &Request) -> bool {
+    request.method == Method::Get
+        && request.path == "/node/commit"
+        && !crate::node::wants_linearizable_read(request)
+}
+
 pub(crate) fn handle(
     node: &mut Node,
     request: &Request,
@@ -158,13 +176,7 @@ fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
         return Response::error(405, "MethodNotAllowed", "only GET is allowed here");
     }
     match rest {
-        "commit" => {
-            let tx_id = node.commit_tx_id();
-            with_tx_header(
-                Response::json(200, &json!({"transaction_id": tx_id.to_string()})),
-                tx_id,
-            )
-        }
+        "commit" => commit_response(node.commit_tx_id()),
         "tx" => match tx_id_param(request) {
             Ok(tx_id) => {
                 let status = node.tx_status(tx_id);

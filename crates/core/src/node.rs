@@ -2198,7 +2198,7 @@ impl Node {
 /// the primary and that what it read is committed. Followers forward such reads to the primary.
 pub const READ_CONSISTENCY_HEADER: &str = "x-charter-read-consistency";
 
-fn wants_linearizable_read(request: &Request) -> bool {
+pub(crate) fn wants_linearizable_read(request: &Request) -> bool {
     request
         .header(READ_CONSISTENCY_HEADER)
         .is_some_and(|value| value.eq_ignore_ascii_case("linearizable"))

@@ -310,3 +310,37 @@ fn applications_read_historical_transactions_from_the_ledger() {
         404
     );
 }
+
+/// A host may answer `GET /node/commit` itself from the core's commit point: the answer is the
+/// very one the core gives, and only plain commit queries qualify.
+#[test]
+fn the_commit_answer_a_host_gives_is_the_core_s() {
+    let mut harness = Harness::new();
+    harness.put("a", b"1");
+    harness.tick(150);
+    let from_core = harness.request(Method::Get, "/node/commit", &[], b"", None);
+    let commit = harness.node.commit_tx_id();
+    assert!(commit.seqno > 0);
+    assert_eq!(charter_core::commit_response(commit), from_core);
+    let plain = charter_core::Request {
+        method: Method::Get,
+        path: "/node/commit".to_owned(),
+        query: Vec::new(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        caller_cert_der: None,
+    };
+    assert!(charter_core::is_commit_query(&plain));
+    let mut linearizable = plain.clone();
+    linearizable.headers.push((
+        charter_core::READ_CONSISTENCY_HEADER.to_owned(),
+        "linearizable".to_owned(),
+    ));
+    assert!(!charter_core::is_commit_query(&linearizable));
+    let mut other = plain.clone();
+    other.path = "/node/tx".to_owned();
+    assert!(!charter_core::is_commit_query(&other));
+    let mut put = plain;
+    put.method = Method::Put;
+    assert!(!charter_core::is_commit_query(&put));
+}

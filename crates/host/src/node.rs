@@ -13,7 +13,7 @@ use charter_core::{
     Restored, StartMode, FORWARDED_HEADER,
 };
 use charter_crypto::{Certificate, CertificateSpec, LedgerSecret, SigningKey, Validity};
-use charter_ledger::{LedgerSecrets, NodeStatus};
+use charter_ledger::{LedgerSecrets, NodeStatus, TxId};
 use serde::{Deserialize, Serialize};
 
 use crate::files::{LedgerFiles, PendingSync};
@@ -611,6 +611,29 @@ struct CoreHandler {
     ethereum_senders: Arc<charter_evm::senders::SenderCache>,
     /// The host's timings, added to the core's answer at [`METRICS_PATH`].
     metrics: Arc<HostMetrics>,
+    /// The commit point as of the core's last round: answers `GET /node/commit` here.
+    commit: Arc<PublishedCommit>,
+}
+
+/// The core's commit point, published by the core thread after each round so that connection
+/// threads answer `GET /node/commit` at once. Asking the core instead queued each such read
+/// behind every request waiting for the core: under a write load the answer came up to
+/// 10 ms after the commit point had moved.
+#[derive(Default)]
+struct PublishedCommit {
+    tx_id: std::sync::Mutex<Option<TxId>>,
+}
+
+impl PublishedCommit {
+    fn get(&self) -> Option<TxId> {
+        self.tx_id.lock().ok().and_then(|tx_id| *tx_id)
+    }
+
+    fn set(&self, tx_id: Option<TxId>) {
+        if let Ok(mut published) = self.tx_id.lock() {
+            *published = tx_id;
+        }
+    }
 }
 
 /// The core's Prometheus metrics, to which the host adds its own ([`HostMetrics`]).
@@ -681,6 +704,11 @@ impl Handler for CoreHandler {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>> {
         if request.path == SNAPSHOT_PATH && request.method == charter_core::Method::Get {
             return self.serve_snapshot(&request);
+        }
+        if charter_core::is_commit_query(&request) {
+            if let Some(tx_id) = self.commit.get() {
+                return Box::pin(async move { charter_core::commit_response(tx_id) });
+            }
         }
         // Recovers the senders of signed Ethereum transactions on this connection's thread, in
         // parallel with the core and other connections.
@@ -933,11 +961,22 @@ impl Drop for SnapshotWriter {
     }
 }
 
+/// A stopped core answers nothing more: the commit point is no longer published, and
+/// `GET /node/commit` goes to the core's queue, which answers that the node is stopping.
+impl Drop for CoreLoop {
+    fn drop(&mut self) {
+        self.commit.set(None);
+    }
+}
+
 struct CoreLoop {
     node: Node,
     files: LedgerFiles,
     syncer: Syncer,
     metrics: Arc<HostMetrics>,
+    /// Where connection threads read the commit point, and the value last put there.
+    commit: Arc<PublishedCommit>,
+    commit_published: Option<TxId>,
     snapshots: SnapshotWriter,
     pending: HashMap<RequestId, Reply>,
     next_request: u64,
@@ -1339,6 +1378,11 @@ impl CoreLoop {
             self.node.flush(&mut actions).map_err(|e| e.to_string())?;
             let busy = inputs > 0 || !actions.is_empty();
             self.perform(actions)?;
+            let commit = self.node.commit_tx_id();
+            if self.commit_published != Some(commit) {
+                self.commit.set(Some(commit));
+                self.commit_published = Some(commit);
+            }
             if busy {
                 self.metrics.core_round.observe(round_started.elapsed());
             }
@@ -1620,11 +1664,14 @@ pub fn run_node(
     let (sender, receiver) = mpsc::sync_channel(16_384);
     let metrics = Arc::new(HostMetrics::default());
     let syncer = Syncer::start(sender.clone(), Arc::clone(&metrics))?;
+    let commit = Arc::new(PublishedCommit::default());
     let mut core = CoreLoop {
         node,
         files,
         syncer,
         metrics: Arc::clone(&metrics),
+        commit: Arc::clone(&commit),
+        commit_published: None,
         snapshots,
         pending: HashMap::new(),
         next_request: 0,
@@ -1719,6 +1766,7 @@ pub fn run_node(
             .map_err(|error| format!("service certificate: {error}"))?,
         ethereum_senders,
         metrics,
+        commit,
     });
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.rpc_address)
