@@ -383,8 +383,6 @@ impl SnapshotWork {
 struct SnapshotPoint {
     view: u64,
     store: Store,
-    /// Keys present in `store`: the next point is at least this many seqnos later.
-    keys: u64,
     /// Forced (after a recovery): every node encodes it.
     forced: bool,
 }
@@ -757,7 +755,7 @@ impl Node {
             }
             let (seqno, point) = entry.remove_entry();
             self.snapshot_last = seqno;
-            self.snapshot_last_keys = point.keys;
+            self.snapshot_last_keys = point.store.present_keys();
             // The primary encodes every point (joiners fetch its snapshots, and it writes the
             // evidence); a follower only one in FOLLOWER_SNAPSHOT_SPACING, for its own
             // restarts.
@@ -1670,7 +1668,6 @@ impl Node {
                 SnapshotPoint {
                     view: entry.view,
                     store: self.store.clone(),
-                    keys: self.store.present_keys(),
                     forced: true,
                 },
             );
@@ -1681,7 +1678,7 @@ impl Node {
         }
         let (previous, previous_keys) = self.snapshot_points.last_key_value().map_or(
             (self.snapshot_last, self.snapshot_last_keys),
-            |(seqno, point)| (*seqno, point.keys),
+            |(seqno, point)| (*seqno, point.store.present_keys()),
         );
         if entry.seqno < previous.saturating_add(interval.max(previous_keys)) {
             return;
@@ -1695,7 +1692,6 @@ impl Node {
             SnapshotPoint {
                 view: entry.view,
                 store: self.store.clone(),
-                keys: self.store.present_keys(),
                 forced: false,
             },
         );

@@ -974,9 +974,8 @@ struct CoreLoop {
     files: LedgerFiles,
     syncer: Syncer,
     metrics: Arc<HostMetrics>,
-    /// Where connection threads read the commit point, and the value last put there.
+    /// Where connection threads read the commit point.
     commit: Arc<PublishedCommit>,
-    commit_published: Option<TxId>,
     snapshots: SnapshotWriter,
     pending: HashMap<RequestId, Reply>,
     next_request: u64,
@@ -1378,11 +1377,7 @@ impl CoreLoop {
             self.node.flush(&mut actions).map_err(|e| e.to_string())?;
             let busy = inputs > 0 || !actions.is_empty();
             self.perform(actions)?;
-            let commit = self.node.commit_tx_id();
-            if self.commit_published != Some(commit) {
-                self.commit.set(Some(commit));
-                self.commit_published = Some(commit);
-            }
+            self.commit.set(Some(self.node.commit_tx_id()));
             if busy {
                 self.metrics.core_round.observe(round_started.elapsed());
             }
@@ -1671,7 +1666,6 @@ pub fn run_node(
         syncer,
         metrics: Arc::clone(&metrics),
         commit: Arc::clone(&commit),
-        commit_published: None,
         snapshots,
         pending: HashMap::new(),
         next_request: 0,
