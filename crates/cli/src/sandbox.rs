@@ -272,6 +272,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             signature_interval_ms: args.signature_interval_ms,
             chunk_bytes_max: args.chunk_bytes_max,
             snapshot_interval_txs: args.snapshot_interval_txs,
+            log_entries_kept: 50_000,
             raft_tick_ms: 100,
             body_bytes_max: 1 << 20,
             gov_request_window_s: 300,

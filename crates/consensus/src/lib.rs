@@ -81,6 +81,12 @@ pub const INFLIGHT_APPENDS_MAX: usize = 4_096;
 /// limit, `max_size_per_msg`, is the same).
 const MERGED_APPEND_BYTES_MAX: usize = 1 << 20;
 
+/// How far behind the commit point a peer may be for a primary's [`Consensus::compact`] to
+/// keep the entries it still lacks. A peer further behind must start again from a snapshot
+/// (it shows in [`Consensus::peers_needing_snapshot`]), so that one dead peer cannot make
+/// the primary hold its whole log.
+pub const LAGGING_PEER_ENTRIES_MAX: u64 = 1_000_000;
+
 /// Durable Raft state besides the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardStateRecord {
@@ -662,9 +668,44 @@ impl Consensus {
         self.node.raft.raft_log.committed
     }
 
-    /// First index the log holds an entry for: 1, or one after the snapshot it started from.
+    /// First index the log holds an entry for: 1, one after the snapshot it started from, or
+    /// where [`Consensus::compact`] left it.
     pub fn first_index(&self) -> u64 {
         self.node.raft.raft_log.first_index()
+    }
+
+    /// Drops the entries before `up_to` from the in-memory log, so that it does not grow for
+    /// ever; the ledger files keep them. Never drops an entry that is not committed and
+    /// applied. A primary also keeps what each peer still lacks, unless that peer is more
+    /// than [`LAGGING_PEER_ENTRIES_MAX`] entries behind the commit point. The entry at the
+    /// new first index stays, so that appends to a peer that holds it can name its term.
+    /// Returns the first index now held.
+    ///
+    /// A peer that later needs a dropped entry is answered as if it needed a Raft snapshot:
+    /// it is listed by [`Consensus::peers_needing_snapshot`] and must start from a ledger
+    /// snapshot.
+    pub fn compact(&mut self, up_to: u64) -> u64 {
+        let log = &self.node.raft.raft_log;
+        let commit = log.committed;
+        let mut target = up_to.min(commit).min(log.applied);
+        if self.is_leader() {
+            let own = self.node.raft.id;
+            for (id, progress) in self.node.raft.prs().iter() {
+                let lagging = commit.saturating_sub(progress.matched) > LAGGING_PEER_ENTRIES_MAX;
+                if *id != own && !lagging {
+                    target = target.min(progress.matched);
+                }
+            }
+        }
+        let storage_last = self.node.store().last_index().unwrap_or(0);
+        target = target.min(storage_last);
+        if target > self.first_index() {
+            // `target` is at most the storage's last index, the one case compact refuses.
+            if let Err(error) = self.node.mut_store().memory.wl().compact(target) {
+                panic!("raft storage refused to compact to {target}: {error}");
+            }
+        }
+        self.first_index()
     }
 
     /// Term of the entry at `seqno`, if it is in the log (or is the snapshot point the log
@@ -676,9 +717,10 @@ impl Consensus {
         self.node.raft.raft_log.term(seqno).ok()
     }
 
-    /// Peers that needed entries this leader does not hold (it started from a snapshot and
-    /// they are further behind): raft-rs asked for a Raft snapshot to send them, which Charter
-    /// never sends. Such a peer must itself start from a ledger snapshot.
+    /// Peers that needed entries this leader does not hold (it started from a snapshot, or
+    /// compacted its log, and they are further behind): raft-rs asked for a Raft snapshot to
+    /// send them, which Charter never sends. Such a peer must itself start from a ledger
+    /// snapshot.
     pub fn peers_needing_snapshot(&self) -> Vec<u64> {
         self.node
             .store()
@@ -1003,10 +1045,20 @@ mod tests {
     /// Delivers messages between two members until quiet, making everything durable at once.
     /// Returns the entries each appended, by member index.
     fn exchange(members: &mut [Consensus; 2]) -> [Vec<LogEntry>; 2] {
-        let mut appended: [Vec<LogEntry>; 2] = [Vec::new(), Vec::new()];
+        exchange_among(members, &[])
+    }
+
+    /// Delivers messages between members (Raft IDs 1..=N) until quiet, dropping every message
+    /// to or from a member in `down`, and making everything durable at once. Returns the
+    /// entries each appended, by member index.
+    fn exchange_among<const N: usize>(
+        members: &mut [Consensus; N],
+        down: &[u64],
+    ) -> [Vec<LogEntry>; N] {
+        let mut appended: [Vec<LogEntry>; N] = std::array::from_fn(|_| Vec::new());
         for _ in 0..100 {
             let mut quiet = true;
-            for index in 0..2 {
+            for index in 0..N {
                 let mut out = Vec::new();
                 members[index].drain(&mut out);
                 members[index].release_appends(&mut out);
@@ -1021,7 +1073,9 @@ mod tests {
                     quiet = false;
                     match output {
                         Output::Send { to, bytes } => {
-                            let _ = members[(to - 1) as usize].step(&bytes);
+                            if !down.contains(&to) && !down.contains(&(index as u64 + 1)) {
+                                let _ = members[(to - 1) as usize].step(&bytes);
+                            }
                         }
                         Output::Append(entries) => appended[index].extend(entries),
                         _ => {}
@@ -1033,6 +1087,63 @@ mod tests {
             }
         }
         panic!("the members did not quiesce");
+    }
+
+    #[test]
+    fn compaction_drops_committed_entries_but_keeps_what_a_peer_lacks() {
+        let config = |id| ConsensusConfig {
+            voters: vec![1, 2, 3],
+            ..ConsensusConfig::single(id, id)
+        };
+        let mut members =
+            [1, 2, 3].map(|id| Consensus::new(&config(id), Restored::default()).unwrap());
+        members[0].campaign().unwrap();
+        exchange_among(&mut members, &[]);
+        assert!(members[0].is_leader());
+        let propose = |members: &mut [Consensus; 3], count: usize, down: &[u64]| {
+            for index in 0..count {
+                members[0]
+                    .propose(format!("entry {index}").into_bytes())
+                    .unwrap();
+                exchange_among(members, down);
+            }
+        };
+        propose(&mut members, 20, &[]);
+        let commit = members[0].commit_index();
+        assert_eq!(commit, members[0].last_index());
+        // Nothing past the commit point goes, and the entry at the new first index stays.
+        assert_eq!(members[1].compact(10), 10);
+        assert_eq!(members[1].term_at(9), None);
+        assert_eq!(members[1].term_at(10), Some(1));
+        assert_eq!(members[1].compact(u64::MAX), commit);
+        assert_eq!(members[1].compact(5), commit, "compaction never goes back");
+        // Member 3 stops answering: the leader keeps the entries it lacks, and member 3
+        // catches up from them once it is back.
+        let lacking = members[0].matched(3);
+        propose(&mut members, 20, &[3]);
+        assert!(
+            members[0].commit_index() > commit + 10,
+            "two members commit"
+        );
+        assert_eq!(members[0].compact(u64::MAX), lacking);
+        assert_eq!(members[0].term_at(lacking), Some(1));
+        members[0].propose(b"back".to_vec()).unwrap();
+        let appended = exchange_among(&mut members, &[]);
+        let seqnos: Vec<u64> = appended[2].iter().map(|entry| entry.seqno).collect();
+        assert_eq!(seqnos.first(), Some(&(lacking + 1)), "{seqnos:?}");
+        assert_eq!(members[2].last_index(), members[0].last_index());
+        assert!(members[0].peers_needing_snapshot().is_empty());
+        // Once every member holds everything, the leader compacts to its commit point.
+        propose(&mut members, 1, &[]);
+        let commit = members[0].commit_index();
+        assert_eq!(members[0].compact(u64::MAX), commit);
+        // A member that lacks compacted entries is reported, never sent a Raft snapshot.
+        let behind = Consensus::new(&config(3), Restored::default()).unwrap();
+        members[2] = behind;
+        members[0].propose(b"after".to_vec()).unwrap();
+        let appended = exchange_among(&mut members, &[]);
+        assert!(appended[2].is_empty(), "{:?}", appended[2]);
+        assert_eq!(members[0].peers_needing_snapshot(), vec![3]);
     }
 
     #[test]

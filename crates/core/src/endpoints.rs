@@ -267,6 +267,7 @@ fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
                     "peers": peers,
                     "peers_needing_snapshot": node.peers_needing_snapshot(),
                     "snapshot_base_seqno": node.base_seqno(),
+                    "log_first_seqno": node.log_first_seqno(),
                 }),
             )
         }

@@ -240,6 +240,15 @@ pub struct NodeConfig {
     /// million keys is not re-encoded every 10,000 transactions), and changes nothing while
     /// the state stays smaller than the interval.
     pub snapshot_interval_txs: u64,
+    /// Entries the in-memory Raft log keeps at and below the commit point (0: keep them all).
+    ///
+    /// Older entries are dropped from memory (the ledger files keep them), but never those
+    /// after this node's newest committed snapshot, which a joining node fetches and then
+    /// needs the entries after, nor (on the primary) those a peer still lacks
+    /// ([`charter_consensus::LAGGING_PEER_ENTRIES_MAX`]). A node that becomes primary can
+    /// bring peers up to date from this many entries behind the commit point; one further
+    /// behind must start again from a snapshot.
+    pub log_entries_kept: u64,
     /// Recovery encryption keys (PEM, [`charter_crypto::RecoveryPublicKey`]) of genesis
     /// members, by member ID: the genesis transaction records them and deals recovery shares.
     pub genesis_recovery_keys: BTreeMap<String, String>,
@@ -276,6 +285,7 @@ impl NodeConfig {
             node_address: String::new(),
             service_key: None,
             snapshot_interval_txs: 10_000,
+            log_entries_kept: 50_000,
             genesis_recovery_keys: BTreeMap::new(),
             unsafe_commit_before_majority: false,
         }
@@ -498,6 +508,9 @@ pub struct Node {
     /// The last snapshot point this node encoded (or started from), for
     /// [`FOLLOWER_SNAPSHOT_SPACING`].
     snapshot_encoded_last: Option<u64>,
+    /// The seqno of this node's newest committed snapshot (the one it would hand a joiner),
+    /// below which its Raft log may be compacted.
+    snapshot_committed_last: Option<u64>,
     /// The write set of the entry this primary is proposing, for ingesting it without decoding.
     own_proposal: Option<(u64, WriteSet)>,
     /// Snapshots handed to the host for encoding whose digest has not come back yet.
@@ -620,6 +633,7 @@ impl Node {
             snapshot_last: 0,
             snapshot_last_keys: 0,
             snapshot_encoded_last: None,
+            snapshot_committed_last: None,
             own_proposal: None,
             snapshots_encoding: BTreeSet::new(),
             snapshots_written: BTreeMap::new(),
@@ -729,6 +743,7 @@ impl Node {
         self.snapshot_last = seqno;
         self.snapshot_last_keys = self.store.present_keys();
         self.snapshot_encoded_last = Some(seqno);
+        self.snapshot_committed_last = Some(seqno);
         // The base is committed; a rollback to it must find its state.
         self.rollback_points.insert(seqno, self.store.clone());
         self.refresh_service_status();
@@ -816,6 +831,7 @@ impl Node {
             // Serializing a JSON value cannot fail.
             let evidence = serde_json::to_vec(&receipt.to_json()).expect("receipt serializes");
             self.snapshots_written.remove(&seqno);
+            self.snapshot_committed_last = self.snapshot_committed_last.max(Some(seqno));
             out.push(Action::CommitSnapshot { seqno, evidence });
         }
     }
@@ -907,9 +923,9 @@ impl Node {
     }
 
     /// The view of the entry at `seqno`: from the view history before the snapshot this node
-    /// started from, from consensus after.
+    /// started from or the point its Raft log is compacted to, from consensus after.
     fn term_at(&self, seqno: u64) -> Option<u64> {
-        if seqno != 0 && seqno < self.base_seqno {
+        if seqno != 0 && seqno < self.base_seqno.max(self.consensus.first_index()) {
             return view_at(&self.views, seqno);
         }
         self.consensus.term_at(seqno)
@@ -924,6 +940,13 @@ impl Node {
     /// Seqno of the snapshot this node started from (0 if it holds the ledger from seqno 1).
     pub fn base_seqno(&self) -> u64 {
         self.base_seqno
+    }
+
+    /// The first seqno the in-memory Raft log still holds (earlier entries are only in the
+    /// ledger files: before the snapshot this node started from, or compacted away, see
+    /// [`NodeConfig::log_entries_kept`]).
+    pub fn log_first_seqno(&self) -> u64 {
+        self.consensus.first_index()
     }
 
     /// Replays restored entries up to the last signature into store and tree, truncating
@@ -1425,6 +1448,7 @@ impl Node {
                         // is paid once per signature, not once per write.
                         self.forget_rollbacks_before_commit();
                         self.snapshots_on_commit(out);
+                        self.compact_log();
                     }
                 }
                 Output::Role { is_leader, .. } => {
@@ -1630,6 +1654,28 @@ impl Node {
             self.rollback_points.contains_key(&seqno)
                 != self.rollback_write_sets.contains_key(&seqno)
         );
+    }
+
+    /// Drops old committed entries from the in-memory Raft log
+    /// ([`NodeConfig::log_entries_kept`]), a quarter of the kept count at a time so that the
+    /// cost of moving the kept entries is spread over many writes.
+    fn compact_log(&mut self) {
+        let kept = self.config.log_entries_kept;
+        let Some(snapshot) = self.snapshot_committed_last else {
+            return;
+        };
+        if kept == 0 {
+            return;
+        }
+        let up_to = snapshot.min(self.commit_seqno.saturating_sub(kept));
+        if up_to
+            >= self
+                .consensus
+                .first_index()
+                .saturating_add((kept / 4).max(1))
+        {
+            self.consensus.compact(up_to);
+        }
     }
 
     /// Drops the rollback state no longer needed once the commit point moved: everything

@@ -617,6 +617,74 @@ fn a_node_that_started_from_a_snapshot_restarts_from_it_before_writing_another()
 }
 
 #[test]
+fn the_raft_log_is_compacted_yet_old_transactions_lagging_nodes_and_joiners_are_served() {
+    fn configure(config: &mut charter_core::NodeConfig) {
+        small_snapshots(config);
+        config.log_entries_kept = 8;
+    }
+    let mut cluster = three_nodes_with(configure);
+    let early = write_and_commit(&mut cluster, 0, "early", 10);
+    // Node 2 misses a stretch of writes: the primary keeps the entries it lacks.
+    cluster.down[2] = true;
+    let held = cluster.nodes[2].node.last_tx_id().seqno;
+    write_and_commit(&mut cluster, 0, "while-down", 60);
+    let first = cluster.nodes[0].node.log_first_seqno();
+    assert!(
+        first > 1 && first <= held,
+        "the primary kept entries from {first}, node 2 holds up to {held}"
+    );
+    cluster.down[2] = false;
+    write_and_commit(&mut cluster, 0, "later", 60);
+    cluster.tick_until(200, "all nodes to settle", settled);
+    // Followers write fewer snapshots than the primary, so they keep more.
+    assert!(cluster.nodes[0].node.log_first_seqno() > early[9].seqno);
+    for harness in &cluster.nodes {
+        assert!(
+            harness.node.log_first_seqno() > early[0].seqno,
+            "a log still starts at {}",
+            harness.node.log_first_seqno()
+        );
+        assert!(harness.node.peers_needing_snapshot().is_empty());
+        // Transactions whose entries left the log keep their status and receipts.
+        assert_eq!(
+            harness.node.tx_status(early[0]),
+            charter_core::TxStatus::Committed
+        );
+        let wrong_view = TxId::new(early[0].view + 1, early[0].seqno);
+        assert_eq!(
+            harness.node.tx_status(wrong_view),
+            charter_core::TxStatus::Invalid
+        );
+        let receipt = harness.node.receipt(early[0]).unwrap();
+        receipt.verify(&cluster.nodes[0].service).unwrap();
+    }
+    assert_same_state(&cluster.nodes[0], &cluster.nodes[2]);
+    // A joiner starts from the primary's newest committed snapshot: the log was never
+    // compacted past it, so the joiner catches up.
+    let (&seqno, file) = cluster.nodes[0]
+        .committed_snapshots
+        .last_key_value()
+        .unwrap();
+    assert!(cluster.nodes[0].node.log_first_seqno() <= seqno + 1);
+    let file = file.clone();
+    admit(&mut cluster.nodes[0], 13);
+    cluster
+        .nodes
+        .push(Harness::joiner_with(13, Some(file), configure));
+    cluster.down.push(false);
+    cluster.tick_until(300, "the joiner to catch up", |c| {
+        c.nodes[0].node.voters().len() == 4 && settled(c)
+    });
+    let written = write_and_commit(&mut cluster, 0, "after-join", 5);
+    cluster.tick_until(100, "all four nodes to settle", settled);
+    assert_same_state(&cluster.nodes[0], &cluster.nodes[3]);
+    assert_eq!(
+        cluster.nodes[3].node.tx_status(written[4]),
+        charter_core::TxStatus::Committed
+    );
+}
+
+#[test]
 fn a_rolled_back_snapshot_point_is_never_written() {
     let mut cluster = three_nodes_with(small_snapshots);
     write_and_commit(&mut cluster, 0, "a", 10);

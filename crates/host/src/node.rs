@@ -117,6 +117,12 @@ pub struct NodeFileConfig {
     /// A snapshot every N committed transactions (default 10,000; 0 turns snapshots off).
     #[serde(default = "default_snapshot_txs")]
     pub snapshot_interval_txs: u64,
+    /// Committed entries the in-memory Raft log keeps (default 50,000; 0 keeps them all):
+    /// a node that becomes primary can bring a peer this far behind up to date without a
+    /// snapshot. Older entries stay in the ledger files only, except those after the node's
+    /// newest committed snapshot and, on the primary, those a peer still lacks.
+    #[serde(default = "default_log_entries_kept")]
+    pub log_entries_kept: u64,
     /// Chunk size at which a chunk is completed at the next signature (default 5 MB).
     #[serde(default = "default_chunk_bytes")]
     pub chunk_bytes_max: u64,
@@ -162,6 +168,10 @@ fn default_raft_tick_ms() -> u64 {
 
 fn default_snapshot_txs() -> u64 {
     10_000
+}
+
+fn default_log_entries_kept() -> u64 {
+    50_000
 }
 
 fn default_gov_window() -> u64 {
@@ -1494,6 +1504,7 @@ pub fn run_node(
     node_config.signature_interval_ms = config.signature_interval_ms.max(1);
     node_config.chunk_bytes_max = config.chunk_bytes_max;
     node_config.snapshot_interval_txs = config.snapshot_interval_txs;
+    node_config.log_entries_kept = config.log_entries_kept;
     node_config.raft_tick_ms = config.raft_tick_ms.max(1);
     node_config.rpc_address = config.rpc_address.to_string();
     node_config.node_address = node_address.to_string();
