@@ -1072,10 +1072,10 @@ mod tests {
                 for output in out {
                     quiet = false;
                     match output {
-                        Output::Send { to, bytes } => {
-                            if !down.contains(&to) && !down.contains(&(index as u64 + 1)) {
-                                let _ = members[(to - 1) as usize].step(&bytes);
-                            }
+                        Output::Send { to, bytes }
+                            if !down.contains(&to) && !down.contains(&(index as u64 + 1)) =>
+                        {
+                            let _ = members[(to - 1) as usize].step(&bytes);
                         }
                         Output::Append(entries) => appended[index].extend(entries),
                         _ => {}
