@@ -5,8 +5,13 @@
 //! transaction is its own block, and the block number is the count of Ethereum transactions
 //! executed so far (the genesis block is 0). Each block is written by the same Charter
 //! transaction as the Ethereum transaction it holds, so a block is exactly as committed as its
-//! transaction. Block hashes are Keccak-256 of the parent hash, the number, the timestamp and the
-//! transaction hash.
+//! transaction. A block's hash is the first 24 bytes of the Keccak-256 of the parent's hash,
+//! the number, the timestamp and the transaction's hash (numbers big endian), followed by the
+//! block number as 8 big-endian bytes ([`block_number_of_hash`]). Hashes still chain through the
+//! parent's hash, but only their first 24 bytes (192 bits) come from Keccak-256, and a hash
+//! tells its block's number; as before, they are not Ethereum's hashes of RLP headers. A lookup
+//! by hash loads the block the last 8 bytes name and answers it only if that block's hash is
+//! exactly the one asked for, so no map from hashes to numbers is kept.
 //!
 //! **Timestamps.** A block's timestamp is the primary's wall clock when it executed the
 //! transaction, in seconds, as the core hands it to applications
@@ -20,9 +25,8 @@
 //!
 //! | map (private) | key | value |
 //! |---|---|---|
-//! | [`BLOCKS_MAP`] | block number (8 bytes, big endian) | [`BlockRecord`] (JSON), with its transaction |
+//! | [`BLOCKS_MAP`] | block number (8 bytes, big endian) | [`BlockRecord`] with its transaction, in the binary encoding of [`crate::record`] |
 //! | [`TX_INDEX_MAP`] | transaction hash | block number (8 bytes) |
-//! | [`BLOCK_HASHES_MAP`] | block hash | block number (8 bytes) |
 //! | [`META_MAP`] | `head` | the latest block: number (8 bytes) ‖ hash (32) ‖ timestamp (8) |
 
 use std::collections::BTreeMap;
@@ -37,16 +41,15 @@ use revm::primitives::{TxKind, KECCAK_EMPTY};
 use revm::{Context, ExecuteEvm, MainBuilder, MainContext};
 use serde::{Deserialize, Serialize};
 
+use crate::record;
 use crate::state::{self, CodeCache, KvDatabase, StoredAccount};
 use crate::transaction::{SignedTransaction, TxType};
 use crate::EvmError;
 
-/// Private: block number → [`BlockRecord`].
+/// Private: block number → [`BlockRecord`], encoded by [`crate::record::encode_block`].
 pub const BLOCKS_MAP: &str = "charter.evm.blocks";
 /// Private: transaction hash → block number.
 pub const TX_INDEX_MAP: &str = "charter.evm.tx_index";
-/// Private: block hash → block number.
-pub const BLOCK_HASHES_MAP: &str = "charter.evm.block_hashes";
 /// Private: chain metadata (`head`).
 pub const META_MAP: &str = "charter.evm.meta";
 const HEAD_KEY: &[u8] = b"head";
@@ -386,23 +389,37 @@ pub fn head_number(tx: &mut Tx) -> Result<Option<u64>, EvmError> {
 /// # Errors
 /// [`EvmError::Corrupt`] for a malformed record.
 pub fn block(tx: &mut Tx, number: u64) -> Result<Option<BlockRecord>, EvmError> {
-    tx.get(BLOCKS_MAP, &number_key(number))
-        .map(|bytes| {
-            serde_json::from_slice(&bytes)
-                .map_err(|error| EvmError::Corrupt(format!("block {number}: {error}")))
-        })
-        .transpose()
+    let Some(bytes) = tx.get(BLOCKS_MAP, &number_key(number)) else {
+        return Ok(None);
+    };
+    let record = record::decode_block(&bytes).map_err(|error| match error {
+        EvmError::Corrupt(why) => EvmError::Corrupt(format!("block {number}: {why}")),
+        other => other,
+    })?;
+    if record.number != number {
+        return Err(EvmError::Corrupt(format!(
+            "block {number}: the record is block {}'s",
+            record.number
+        )));
+    }
+    Ok(Some(record))
 }
 
-/// The block with hash `hash`, if any.
+/// The block number a block hash carries in its last 8 bytes (see the module documentation);
+/// for a hash this chain did not make, a number that [`block_by_hash`] then finds no match at.
+pub fn block_number_of_hash(hash: &B256) -> u64 {
+    let mut number = [0; 8];
+    number.copy_from_slice(&hash[24..]);
+    u64::from_be_bytes(number)
+}
+
+/// The block with hash `hash`, if any: the block [`block_number_of_hash`] names, if its hash
+/// is exactly `hash`.
 ///
 /// # Errors
 /// [`EvmError::Corrupt`] for a malformed record.
 pub fn block_by_hash(tx: &mut Tx, hash: &B256) -> Result<Option<BlockRecord>, EvmError> {
-    match tx.get(BLOCK_HASHES_MAP, hash.as_slice()) {
-        Some(bytes) => block(tx, decode_number(&bytes)?),
-        None => Ok(None),
-    }
+    Ok(block(tx, block_number_of_hash(hash))?.filter(|record| record.hash == *hash))
 }
 
 /// The block holding the transaction with hash `hash`, if any.
@@ -416,21 +433,24 @@ pub fn block_of_transaction(tx: &mut Tx, hash: &B256) -> Result<Option<BlockReco
     }
 }
 
+/// The hash of block `number`: the first 24 bytes of the Keccak-256 of its parent's hash, its
+/// number, its timestamp and its transaction's hash, then its number (8 bytes, big endian).
 fn block_hash(parent_hash: &B256, number: u64, timestamp: u64, transaction: &B256) -> B256 {
-    let mut preimage = Vec::with_capacity(32 + 8 + 8 + 32);
-    preimage.extend_from_slice(parent_hash.as_slice());
-    preimage.extend_from_slice(&number.to_be_bytes());
-    preimage.extend_from_slice(&timestamp.to_be_bytes());
-    preimage.extend_from_slice(transaction.as_slice());
-    keccak256(preimage)
+    let mut preimage = [0u8; 32 + 8 + 8 + 32];
+    preimage[..32].copy_from_slice(parent_hash.as_slice());
+    preimage[32..40].copy_from_slice(&number.to_be_bytes());
+    preimage[40..48].copy_from_slice(&timestamp.to_be_bytes());
+    preimage[48..].copy_from_slice(transaction.as_slice());
+    let mut hash = keccak256(preimage);
+    hash[24..].copy_from_slice(&number.to_be_bytes());
+    assert_eq!(block_number_of_hash(&hash), number);
+    hash
 }
 
 fn write_block(tx: &mut Tx, record: &BlockRecord) -> Result<(), EvmError> {
-    // Serializing plain records to JSON cannot fail.
-    let bytes = serde_json::to_vec(record).expect("a block record serializes");
+    let bytes = record::encode_block(record)?;
     let key = number_key(record.number);
     tx.try_put(BLOCKS_MAP, &key, &bytes)?;
-    tx.try_put(BLOCK_HASHES_MAP, record.hash.as_slice(), &key)?;
     if let Some(transaction) = &record.transaction {
         tx.try_put(TX_INDEX_MAP, transaction.hash.as_slice(), &key)?;
     }
@@ -856,6 +876,83 @@ mod tests {
             .alloc
             .values()
             .all(|account| account.balance == U256::from(DEV_BALANCE_WEI)));
+    }
+
+    #[test]
+    fn block_hashes_carry_their_number() {
+        let mut store = charter_kv::Store::new();
+        let mut tx = Tx::new(store.snapshot());
+        let genesis = apply_genesis(&mut tx, &ChainConfig::dev(), "1.1".into()).unwrap();
+        assert_eq!(block_number_of_hash(&genesis.hash), 0);
+        assert_eq!(genesis.hash[24..], [0; 8]);
+        let transaction = B256::repeat_byte(0x77);
+        let hash = block_hash(&genesis.hash, 1, 5, &transaction);
+        assert_eq!(block_number_of_hash(&hash), 1);
+        // The first 24 bytes are the Keccak-256 of the preimage, which chains to the parent.
+        let mut preimage = genesis.hash.to_vec();
+        preimage.extend_from_slice(&1u64.to_be_bytes());
+        preimage.extend_from_slice(&5u64.to_be_bytes());
+        preimage.extend_from_slice(transaction.as_slice());
+        assert_eq!(hash[..24], keccak256(&preimage)[..24]);
+        assert_ne!(block_hash(&B256::ZERO, 1, 5, &transaction), hash);
+        let block = BlockRecord {
+            number: 1,
+            hash,
+            parent_hash: genesis.hash,
+            timestamp: 5,
+            charter_tx_id: "1.2".into(),
+            transaction: None,
+        };
+        write_block(&mut tx, &block).unwrap();
+        assert_eq!(block_by_hash(&mut tx, &hash).unwrap(), Some(block.clone()));
+        assert_eq!(
+            block_by_hash(&mut tx, &genesis.hash).unwrap(),
+            Some(genesis.clone())
+        );
+        // Hashes that name an existing block but differ from its hash elsewhere find nothing.
+        for at in [0, 12, 23] {
+            let mut forged = hash;
+            forged[at] ^= 1;
+            assert_eq!(block_number_of_hash(&forged), 1);
+            assert_eq!(block_by_hash(&mut tx, &forged).unwrap(), None);
+        }
+        let mut forged = genesis.hash;
+        forged[24..].copy_from_slice(&1u64.to_be_bytes());
+        assert_eq!(block_by_hash(&mut tx, &forged).unwrap(), None);
+        let mut past_head = hash;
+        past_head[24..].copy_from_slice(&2u64.to_be_bytes());
+        assert_eq!(block_by_hash(&mut tx, &past_head).unwrap(), None);
+        assert_eq!(block_by_hash(&mut tx, &B256::ZERO).unwrap(), None);
+        // Nothing maps hashes to numbers any more.
+        store.commit(tx, 1).unwrap();
+        let mut maps = store.map_names();
+        maps.sort();
+        assert_eq!(
+            maps.iter()
+                .filter(|name| name.starts_with("charter.evm.") && *name != state::ACCOUNTS_MAP)
+                .collect::<Vec<_>>(),
+            [BLOCKS_MAP, META_MAP]
+        );
+    }
+
+    #[test]
+    fn a_record_under_another_number_is_corrupt() {
+        let store = charter_kv::Store::new();
+        let mut tx = Tx::new(store.snapshot());
+        let genesis = apply_genesis(&mut tx, &ChainConfig::dev(), "1.1".into()).unwrap();
+        let bytes = record::encode_block(&genesis).unwrap();
+        tx.put(BLOCKS_MAP, &number_key(3), &bytes);
+        let error = block(&mut tx, 3).unwrap_err().to_string();
+        assert!(
+            error.contains("block 3: the record is block 0's"),
+            "{error}"
+        );
+        tx.put(BLOCKS_MAP, &number_key(4), &bytes[..10]);
+        let error = block(&mut tx, 4).unwrap_err().to_string();
+        assert!(
+            error.contains("block 4: a block record: truncated"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -75,6 +75,7 @@ use charter_ledger::TxId;
 
 pub mod chain;
 mod error;
+pub mod record;
 pub mod rpc;
 pub mod senders;
 pub mod state;

@@ -7,6 +7,7 @@ use charter_kv::Tx;
 use serde_json::{json, Value};
 
 use crate::chain::{self, BlockRecord, CallRequest, ChainConfig, Executor, TxRecord};
+use crate::record;
 use crate::senders::{self, SenderCache};
 use crate::state::{self, CodeCache};
 use crate::transaction::{self, TxType};
@@ -560,8 +561,7 @@ impl<'a> Server<'a> {
         );
         let mut logs = Vec::new();
         for (_, bytes) in blocks {
-            let block: BlockRecord = serde_json::from_slice(&bytes)
-                .map_err(|error| EvmError::Corrupt(format!("a block record: {error}")))?;
+            let block = record::decode_block(&bytes)?;
             if block.number < from || block.number > to {
                 continue;
             }

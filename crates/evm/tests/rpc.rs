@@ -798,6 +798,122 @@ fn malformed_requests() {
 }
 
 #[test]
+fn block_hashes_name_their_block() {
+    let (app, mut ledger) = setup();
+    let raw = Account::dev(0).sign(&tx(
+        0,
+        Some(Account::seeded(1).address),
+        1,
+        Vec::new(),
+        21_000,
+    ));
+    send(&app, &mut ledger, &raw).unwrap();
+    let block = rpc(
+        &app,
+        &mut ledger,
+        "eth_getBlockByNumber",
+        json!(["0x1", false]),
+    )
+    .unwrap();
+    let hash = block["hash"].as_str().unwrap().to_owned();
+    assert!(hash.ends_with("0000000000000001"), "{hash}");
+    assert_eq!(
+        rpc(
+            &app,
+            &mut ledger,
+            "eth_getBlockByHash",
+            json!([hash, false])
+        )
+        .unwrap(),
+        block
+    );
+    // The last 8 bytes name block 1, which exists, but the rest is not its hash.
+    let flipped = if hash.as_bytes()[2] == b'0' { "1" } else { "0" };
+    let forged = format!("0x{flipped}{}", &hash[3..]);
+    assert_eq!(
+        rpc(
+            &app,
+            &mut ledger,
+            "eth_getBlockByHash",
+            json!([forged, false])
+        )
+        .unwrap(),
+        Value::Null
+    );
+    assert_eq!(
+        rpc(
+            &app,
+            &mut ledger,
+            "eth_getBlockTransactionCountByHash",
+            json!([forged])
+        )
+        .unwrap(),
+        Value::Null
+    );
+    let error = rpc(
+        &app,
+        &mut ledger,
+        "eth_getLogs",
+        json!([{"blockHash": forged}]),
+    )
+    .unwrap_err();
+    assert_eq!(error["message"], "unknown block");
+    assert_eq!(
+        rpc(
+            &app,
+            &mut ledger,
+            "eth_getLogs",
+            json!([{"blockHash": hash}])
+        )
+        .unwrap(),
+        json!([])
+    );
+    // No map from block hashes to numbers is written.
+    assert!(!ledger
+        .store()
+        .map_names()
+        .iter()
+        .any(|name| name.contains("hash")));
+}
+
+#[test]
+fn block_records_are_compact() {
+    // An ether transfer as tooling sends it: EIP-1559 with fees, from a user whose ID is a
+    // hex SHA-256 as Charter derives it.
+    let user = "3f".repeat(32);
+    let mut ledger = MemoryLedger::new(&user);
+    let app = EthereumApp::dev();
+    let mut transfer = tx(
+        0,
+        Some(Account::seeded(1).address),
+        10u128.pow(18),
+        Vec::new(),
+        21_000,
+    );
+    transfer.max_fee_per_gas = 2_000_000_000;
+    transfer.max_priority_fee_per_gas = 1_000_000_000;
+    let raw = Account::dev(0).sign(&transfer);
+    send(&app, &mut ledger, &raw).unwrap();
+    let bytes = ledger
+        .store()
+        .get(charter_evm::chain::BLOCKS_MAP, &1u64.to_be_bytes())
+        .unwrap()
+        .to_vec();
+    let record = charter_evm::record::decode_block(&bytes).unwrap();
+    assert_eq!(record.transaction.as_ref().unwrap().user, user);
+    let json = serde_json::to_vec(&record).unwrap();
+    // The block's 99 bytes (its TxID as two numbers), then the transaction's 118 (its user ID
+    // as 32 bytes) and the raw transaction.
+    assert_eq!(bytes.len(), 99 + 118 + raw.len());
+    assert!(
+        bytes.len() * 2 < json.len(),
+        "{} vs {}",
+        bytes.len(),
+        json.len()
+    );
+}
+
+#[test]
 fn followers_refuse_writes_but_answer_reads() {
     let (app, mut ledger) = setup();
     rpc(&app, &mut ledger, "eth_chainId", json!([])).unwrap();
