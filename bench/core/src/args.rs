@@ -180,6 +180,12 @@ impl BenchArgs {
         if self.sweep.len() > SWEEP_POINTS_MAX {
             return Err(format!("--sweep takes at most {SWEEP_POINTS_MAX} points"));
         }
+        for (index, point) in self.sweep.iter().enumerate() {
+            if self.sweep[..index].contains(point) {
+                // Each point is a run of its own in the report, named by its setting.
+                return Err(format!("--sweep lists {point} twice"));
+            }
+        }
         if self.etcd_connections > self.clients {
             return Err("--etcd-connections must not exceed --clients".to_owned());
         }
@@ -278,6 +284,8 @@ mod tests {
         assert!(parse(&["--clients", "4", "--etcd-connections", "8"]).is_err());
         assert!(parse(&["--charter-port", "80"]).is_err());
         assert!(parse(&["--no-sweep", "--no-etcd", "--no-reads"]).is_ok());
+        let twice = parse(&["--sweep", "1000:10,5:5,1000:10"]).unwrap_err();
+        assert!(twice.contains("1000:10 twice"), "{twice}");
     }
 
     #[test]
