@@ -619,19 +619,32 @@ impl<'a> Executor<'a> {
                 got: signed.chain_id,
             });
         }
-        if tx.get(TX_INDEX_MAP, signed.hash.as_slice()).is_some() {
-            return Err(EvmError::AlreadyKnown);
-        }
+        // A transaction executed before is refused by the checks below (its sender's nonce
+        // has moved past it), so the index of executed transactions is read only then, to
+        // say why: a random-key lookup in a map as large as the chain, saved on every
+        // transaction that goes through.
+        let known = |tx: &mut Tx, error: EvmError| {
+            if tx.get(TX_INDEX_MAP, signed.hash.as_slice()).is_some() {
+                EvmError::AlreadyKnown
+            } else {
+                error
+            }
+        };
         let bound = state::binding(tx, &signed.sender);
         match bound.as_deref() {
             Some(owner) if owner != user => {
-                return Err(EvmError::AccountBound(signed.sender.to_string()))
+                let bound = EvmError::AccountBound(signed.sender.to_string());
+                return Err(known(tx, bound));
             }
             _ => {}
         }
         let head = self.head(tx)?;
         let timestamp = block_timestamp(&head, now_s);
-        let (result, changes) = self.run(tx, None, false, &head, timestamp, tx_env(signed))?;
+        let (result, changes) =
+            match self.run(tx, None, false, &head, timestamp, tx_env(signed)) {
+                Ok(outcome) => outcome,
+                Err(error) => return Err(known(tx, error)),
+            };
         state::apply_changes(tx, changes)?;
         if bound.is_none() {
             state::bind(tx, &signed.sender, user)?;
