@@ -564,7 +564,9 @@ impl<'a> Executor<'a> {
             gas_limit: BLOCK_GAS_LIMIT,
             basefee: 0,
             difficulty: U256::ZERO,
-            prevrandao: Some(keccak256(parent_hash)),
+            // PREVRANDAO (and blocks' mixHash): the parent block's hash. Nothing here is random;
+            // it only has to be the same on every node and differ between blocks.
+            prevrandao: Some(*parent_hash),
             ..BlockEnv::default()
         }
     }
@@ -640,11 +642,10 @@ impl<'a> Executor<'a> {
         }
         let head = self.head(tx)?;
         let timestamp = block_timestamp(&head, now_s);
-        let (result, changes) =
-            match self.run(tx, None, false, &head, timestamp, tx_env(signed)) {
-                Ok(outcome) => outcome,
-                Err(error) => return Err(known(tx, error)),
-            };
+        let (result, changes) = match self.run(tx, None, false, &head, timestamp, tx_env(signed)) {
+            Ok(outcome) => outcome,
+            Err(error) => return Err(known(tx, error)),
+        };
         state::apply_changes(tx, changes)?;
         if bound.is_none() {
             state::bind(tx, &signed.sender, user)?;

@@ -320,8 +320,9 @@ impl<'a> Server<'a> {
         };
         // A sender the host recovered from these very bytes is what recovery would give again
         // (see `senders`); otherwise recover it here.
-        let decoded = match self.senders.take(&senders::raw_hash(&raw)) {
-            Some(sender) => transaction::decode_stored(&raw, sender),
+        let hash = senders::raw_hash(&raw);
+        let decoded = match self.senders.take(&hash) {
+            Some(sender) => transaction::decode_stored_hashed(&raw, hash, sender),
             None => transaction::decode_signed(&raw),
         };
         let signed = match decoded {
@@ -967,7 +968,7 @@ fn block_json(block: &BlockRecord, full: bool, caller: &str) -> CallResult {
         "transactions": transactions,
         "uncles": [],
         "baseFeePerGas": "0x0",
-        "mixHash": hash_hex(&keccak256(block.parent_hash)),
+        "mixHash": hash_hex(&block.parent_hash),
         "withdrawals": [],
         "withdrawalsRoot": EMPTY_ROOT_HASH,
         "blobGasUsed": "0x0",

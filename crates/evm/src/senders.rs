@@ -152,7 +152,8 @@ impl SenderCache {
     }
 }
 
-/// The hash the cache keys a raw transaction by.
+/// The hash the cache keys a raw transaction by: its Keccak-256, which is also its transaction
+/// hash ([`transaction::decode_stored_hashed`] takes it).
 pub fn raw_hash(raw: &[u8]) -> B256 {
     keccak256(raw)
 }

@@ -213,10 +213,32 @@ pub fn decode_signed(raw: &[u8]) -> Result<SignedTransaction, EvmError> {
 /// # Errors
 /// As [`decode_signed`], for bytes that are not a transaction (a corrupt record).
 pub fn decode_stored(raw: &[u8], sender: Address) -> Result<SignedTransaction, EvmError> {
-    decode(raw, Some(sender))
+    decode_hashed(raw, keccak256(raw), Some(sender))
+}
+
+/// As [`decode_stored`], for a caller that already holds `hash`, the Keccak-256 of `raw` (the
+/// transaction hash), so that it is not computed twice.
+///
+/// # Errors
+/// As [`decode_stored`].
+pub fn decode_stored_hashed(
+    raw: &[u8],
+    hash: B256,
+    sender: Address,
+) -> Result<SignedTransaction, EvmError> {
+    debug_assert_eq!(hash, keccak256(raw));
+    decode_hashed(raw, hash, Some(sender))
 }
 
 fn decode(raw: &[u8], sender: Option<Address>) -> Result<SignedTransaction, EvmError> {
+    decode_hashed(raw, keccak256(raw), sender)
+}
+
+fn decode_hashed(
+    raw: &[u8],
+    hash: B256,
+    sender: Option<Address>,
+) -> Result<SignedTransaction, EvmError> {
     if raw.len() > RAW_TRANSACTION_BYTES_MAX {
         return Err(EvmError::InvalidTransaction(format!(
             "a transaction has at most {RAW_TRANSACTION_BYTES_MAX} bytes"
@@ -241,7 +263,7 @@ fn decode(raw: &[u8], sender: Option<Address>) -> Result<SignedTransaction, EvmE
         }
     };
     Ok(SignedTransaction {
-        hash: keccak256(raw),
+        hash,
         ..transaction
     })
 }
@@ -270,21 +292,24 @@ fn decode_legacy(raw: &[u8], sender: Option<Address>) -> Result<SignedTransactio
     let mut tail = Vec::with_capacity(11);
     chain_id.encode(&mut tail);
     tail.extend_from_slice(&[alloy_rlp::EMPTY_STRING_CODE, alloy_rlp::EMPTY_STRING_CODE]);
-    let payload = signing_payload(
-        None,
-        &[
-            nonce_raw,
-            gas_price_raw,
-            gas_raw,
-            to_raw,
-            value_raw,
-            input_raw,
-        ],
-        &tail,
-    );
     let sender = match sender {
         Some(sender) => sender,
-        None => recover(keccak256(&payload), r, s, y_parity)?,
+        None => {
+            let fields = [
+                nonce_raw,
+                gas_price_raw,
+                gas_raw,
+                to_raw,
+                value_raw,
+                input_raw,
+            ];
+            recover(
+                keccak256(signing_payload(None, &fields, &tail)),
+                r,
+                s,
+                y_parity,
+            )?
+        }
     };
     Ok(SignedTransaction {
         tx_type: TxType::Legacy,
@@ -344,24 +369,23 @@ fn decode_typed(
             ));
         }
     }
-    let payload = signing_payload(
-        Some(tx_type),
-        &[
-            chain_id_raw,
-            nonce_raw,
-            priority_raw,
-            fee_raw,
-            gas_raw,
-            to_raw,
-            value_raw,
-            input_raw,
-            access_list_raw,
-        ],
-        &[],
-    );
     let sender = match sender {
         Some(sender) => sender,
-        None => recover(keccak256(&payload), r, s, y_parity)?,
+        None => {
+            let fields = [
+                chain_id_raw,
+                nonce_raw,
+                priority_raw,
+                fee_raw,
+                gas_raw,
+                to_raw,
+                value_raw,
+                input_raw,
+                access_list_raw,
+            ];
+            let payload = signing_payload(Some(tx_type), &fields, &[]);
+            recover(keccak256(payload), r, s, y_parity)?
+        }
     };
     Ok(SignedTransaction {
         tx_type: if tx_type == 2 {
