@@ -234,8 +234,10 @@ impl Worker for Reader {
     }
 }
 
-/// Reads `/node/commit` every `poll` until `stop`, recording each advance of the commit point
-/// with the time its reply arrived. One poller for all clients: no per-request polling.
+/// Follows `/node/commit` until `stop`, recording each advance of the commit point with the
+/// time its reply arrived. One watcher for all clients: no per-request polling. With `poll`
+/// zero it long-polls (`?after_seqno=` the last seqno seen: the node answers as soon as the
+/// commit point passes it, or after a second); otherwise it reads every `poll`.
 pub async fn watch_commits(
     mut https: Https,
     origin: Instant,
@@ -244,7 +246,11 @@ pub async fn watch_commits(
 ) -> Vec<CommitObservation> {
     let mut observations: Vec<CommitObservation> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(reply) = https.request("GET", "/node/commit", Bytes::new()).await {
+        let path = match observations.last() {
+            Some(last) if poll.is_zero() => format!("/node/commit?after_seqno={}", last.seqno),
+            _ => "/node/commit".to_owned(),
+        };
+        if let Ok(reply) = https.request("GET", &path, Bytes::new()).await {
             let at_ns = since(origin);
             let tx_id = serde_json::from_slice::<serde_json::Value>(&reply.body)
                 .ok()
@@ -255,7 +261,9 @@ pub async fn watch_commits(
                 }
             }
         }
-        tokio::time::sleep(poll).await;
+        if !poll.is_zero() {
+            tokio::time::sleep(poll).await;
+        }
     }
     observations
 }

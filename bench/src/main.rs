@@ -673,7 +673,7 @@ async fn run(args: BenchArgs) -> Result<bool, String> {
         "git_commit": command_output("git", &["rev-parse", "HEAD"], Some(&repo_root())),
         "key_bytes": charter_bench_core::args::KEY_BYTES,
         "charter_client": "HTTPS/1.1, TLS 1.3 with user0's client certificate, one keep-alive connection per client, to the primary",
-        "charter_commit": "latency to the first /node/commit reply (one poller, every commit_poll_ms) covering the write's seqno in its view",
+        "charter_commit": "latency to the first /node/commit reply covering the write's seqno in its view (one watcher: a long-poll on ?after_seqno= when commit_poll_ms is 0, else a read every commit_poll_ms)",
         "etcd_client": "etcd-client (gRPC) Put to the leader; latency to the Put reply (etcd replies after commit and apply)",
         "etcd_setup": "3 members on loopback, data dirs under work_dir, default fsync",
         "charter_setup": "charter sandbox, nodes on loopback, ledgers under work_dir, default snapshot interval",

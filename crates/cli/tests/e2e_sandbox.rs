@@ -517,6 +517,52 @@ async fn write_read_commit_delete_list_and_public_map() {
     assert_eq!(assert_error(&response, 400), "InvalidQueryParameterValue");
     wait_committed(&mut client, public).await;
 
+    // Waiting for the commit point to move: at once if it is past the seqno already, on the
+    // commit of the next write if not, and after about a second with the commit point as it
+    // is if nothing commits.
+    let response = call(&mut client, "GET", "/node/commit?after_seqno=soon", b"").await;
+    assert_eq!(assert_error(&response, 400), "InvalidQueryParameterValue");
+    let current = commit_tx_id(&mut client).await;
+    let started = std::time::Instant::now();
+    let path = format!("/node/commit?after_seqno={}", current.seqno - 1);
+    let response = call(&mut client, "GET", &path, b"").await;
+    assert_eq!(json(&response)["transaction_id"], current.to_string());
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let path = format!("/node/commit?after_seqno={}", current.seqno);
+    let response = call(&mut client, "GET", &path, b"").await;
+    let answered: TxId = json(&response)["transaction_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        answered.seqno > current.seqno
+            || started.elapsed() >= std::time::Duration::from_millis(900),
+        "answered {answered} after {:?} without waiting",
+        started.elapsed()
+    );
+    let current = commit_tx_id(&mut client).await;
+    let mut waiter = sandbox.user().await;
+    let wait = tokio::spawn(async move {
+        let path = format!("/node/commit?after_seqno={}", current.seqno);
+        let started = std::time::Instant::now();
+        let response = call(&mut waiter, "GET", &path, b"").await;
+        (
+            json(&response)["transaction_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            started.elapsed(),
+        )
+    });
+    let written = put(&mut client, "/app/kv/wakes-the-waiter", b"x").await;
+    let (answered, waited) = wait.await.unwrap();
+    let answered: TxId = answered.parse().unwrap();
+    assert!(answered.seqno > current.seqno, "{answered} after {current}");
+    assert!(written.seqno > current.seqno);
+    assert!(waited < std::time::Duration::from_millis(900), "{waited:?}");
+
     drop(client);
     sandbox.stop();
 }

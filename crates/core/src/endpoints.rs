@@ -66,6 +66,27 @@ pub fn commit_response(tx_id: TxId) -> Response {
     )
 }
 
+/// The seqno a `GET /node/commit?after_seqno=N` waits to see the commit point pass: `None`
+/// without the parameter. A host that publishes the commit point
+/// ([`commit_response`]) holds such a request until the commit point's seqno is above N, or
+/// for a bounded time, then answers it as usual; the core itself answers at once. One
+/// watcher can so follow the commit point as it moves without polling.
+///
+/// # Errors
+/// A 400 response if the parameter is not a decimal seqno.
+pub fn commit_wait_after(request: &Request) -> Result<Option<u64>, Response> {
+    match request.query_param("after_seqno") {
+        None => Ok(None),
+        Some(text) => text.parse::<u64>().map(Some).map_err(|_| {
+            Response::error(
+                400,
+                "InvalidQueryParameterValue",
+                format!("after_seqno must be a seqno (a decimal number), not {text:?}"),
+            )
+        }),
+    }
+}
+
 /// Whether `request` asks only for the commit point (`GET /node/commit`, not a linearizable
 /// read, which must wait for a signature): [`commit_response`] answers it.
 pub fn is_commit_query(request: &Request) -> bool {
@@ -176,7 +197,10 @@ fn handle_node(node: &Node, rest: &str, request: &Request) -> Response {
         return Response::error(405, "MethodNotAllowed", "only GET is allowed here");
     }
     match rest {
-        "commit" => commit_response(node.commit_tx_id()),
+        "commit" => match commit_wait_after(request) {
+            Ok(_) => commit_response(node.commit_tx_id()),
+            Err(refusal) => refusal,
+        },
         "tx" => match tx_id_param(request) {
             Ok(tx_id) => {
                 let status = node.tx_status(tx_id);

@@ -33,7 +33,7 @@ pub mod tables;
 pub use api::{Method, Request, RequestId, Response};
 pub use app::{AppContext, Application, Historical, HistoricalTx};
 pub use charter_consensus::{HardStateRecord, LogBase, LogEntry, LogKind, Restored};
-pub use endpoints::{commit_response, is_commit_query};
+pub use endpoints::{commit_response, commit_wait_after, is_commit_query};
 pub use error::CoreError;
 pub use join::ENDORSED_CERT_DAYS;
 pub use node::{

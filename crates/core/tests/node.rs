@@ -340,7 +340,33 @@ fn the_commit_answer_a_host_gives_is_the_core_s() {
     let mut other = plain.clone();
     other.path = "/node/tx".to_owned();
     assert!(!charter_core::is_commit_query(&other));
-    let mut put = plain;
+    let mut put = plain.clone();
     put.method = Method::Put;
     assert!(!charter_core::is_commit_query(&put));
+    // `after_seqno` is for hosts that wait; the core answers at once, and refuses a bad one.
+    let mut waiting = plain;
+    assert_eq!(charter_core::commit_wait_after(&waiting), Ok(None));
+    waiting
+        .query
+        .push(("after_seqno".to_owned(), "12".to_owned()));
+    assert!(charter_core::is_commit_query(&waiting));
+    assert_eq!(charter_core::commit_wait_after(&waiting), Ok(Some(12)));
+    let answer = harness.request(
+        Method::Get,
+        "/node/commit",
+        &[("after_seqno", "12")],
+        b"",
+        None,
+    );
+    assert_eq!(answer, from_core);
+    let bad = harness.request(
+        Method::Get,
+        "/node/commit",
+        &[("after_seqno", "-1")],
+        b"",
+        None,
+    );
+    assert_eq!(bad.status, 400);
+    waiting.query[0].1 = "x".to_owned();
+    assert!(charter_core::commit_wait_after(&waiting).is_err());
 }

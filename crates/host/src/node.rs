@@ -628,20 +628,47 @@ struct CoreHandler {
 /// The core's commit point, published by the core thread after each round so that connection
 /// threads answer `GET /node/commit` at once. Asking the core instead queued each such read
 /// behind every request waiting for the core: under a write load the answer came up to
-/// 10 ms after the commit point had moved.
-#[derive(Default)]
+/// 10 ms after the commit point had moved. Waiters of `GET /node/commit?after_seqno=N` are
+/// woken when it changes.
 struct PublishedCommit {
-    tx_id: std::sync::Mutex<Option<TxId>>,
+    tx_id: tokio::sync::watch::Sender<Option<TxId>>,
 }
+
+impl Default for PublishedCommit {
+    fn default() -> PublishedCommit {
+        PublishedCommit {
+            tx_id: tokio::sync::watch::Sender::new(None),
+        }
+    }
+}
+
+/// Longest a `GET /node/commit?after_seqno=N` waits for the commit point to pass N before it
+/// answers with the commit point as it is.
+pub const COMMIT_WAIT_MAX: Duration = Duration::from_secs(1);
 
 impl PublishedCommit {
     fn get(&self) -> Option<TxId> {
-        self.tx_id.lock().ok().and_then(|tx_id| *tx_id)
+        *self.tx_id.borrow()
     }
 
     fn set(&self, tx_id: Option<TxId>) {
-        if let Ok(mut published) = self.tx_id.lock() {
+        self.tx_id.send_if_modified(|published| {
+            let changed = *published != tx_id;
             *published = tx_id;
+            changed
+        });
+    }
+
+    /// The commit point once its seqno is past `after`, or as it is after
+    /// [`COMMIT_WAIT_MAX`]; `None` if the core stopped publishing meanwhile.
+    async fn after(&self, after: u64) -> Option<TxId> {
+        let mut receiver = self.tx_id.subscribe();
+        let passed = |tx_id: &Option<TxId>| tx_id.is_none_or(|tx_id| tx_id.seqno > after);
+        let waited = tokio::time::timeout(COMMIT_WAIT_MAX, receiver.wait_for(passed)).await;
+        match waited {
+            Ok(Ok(tx_id)) => *tx_id,
+            // Timed out (or the sender is gone, which this struct's lifetime rules out).
+            _ => self.get(),
         }
     }
 }
@@ -716,8 +743,22 @@ impl Handler for CoreHandler {
             return self.serve_snapshot(&request);
         }
         if charter_core::is_commit_query(&request) {
+            let after = match charter_core::commit_wait_after(&request) {
+                Ok(after) => after,
+                Err(refusal) => return Box::pin(async move { refusal }),
+            };
             if let Some(tx_id) = self.commit.get() {
-                return Box::pin(async move { charter_core::commit_response(tx_id) });
+                let Some(after) = after.filter(|after| tx_id.seqno <= *after) else {
+                    return Box::pin(async move { charter_core::commit_response(tx_id) });
+                };
+                let commit = Arc::clone(&self.commit);
+                return Box::pin(async move {
+                    match commit.after(after).await {
+                        Some(tx_id) => charter_core::commit_response(tx_id),
+                        None => Response::error(503, "NodeStopping", "the node is stopping")
+                            .with_header("retry-after", "1"),
+                    }
+                });
             }
         }
         // Recovers the senders of signed Ethereum transactions on this connection's thread, in
