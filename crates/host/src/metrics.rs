@@ -21,7 +21,7 @@ const BUCKET_BOUNDS_US: [u64; 16] = [
     819_200, 1_638_400, 3_276_800,
 ];
 
-/// A latency histogram with [`BUCKET_BOUNDS_US`] buckets.
+/// A latency histogram with the buckets of `BUCKET_BOUNDS_US`.
 #[derive(Debug, Default)]
 pub struct Histogram {
     /// Observations per bucket (not cumulative); the last is above every bound.
