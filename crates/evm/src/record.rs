@@ -176,8 +176,17 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8], what: &str) -> Result<(), EvmError
 /// byte for byte: no signs, no leading zeros).
 fn tx_id_parts(text: &str) -> Option<(u64, u64)> {
     let (view, seqno) = text.split_once('.')?;
-    let parts = (view.parse::<u64>().ok()?, seqno.parse::<u64>().ok()?);
-    (format!("{}.{}", parts.0, parts.1) == text).then_some(parts)
+    Some((canonical_u64(view)?, canonical_u64(seqno)?))
+}
+
+/// `digits` as a number if formatting that number gives `digits` back.
+fn canonical_u64(digits: &str) -> Option<u64> {
+    let only_digits = !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit());
+    let no_leading_zero = digits == "0" || !digits.starts_with('0');
+    if !(only_digits && no_leading_zero) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// `user` as 32 bytes if it is 64 lowercase hex digits (so that it is rebuilt byte for byte).
