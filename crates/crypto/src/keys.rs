@@ -1,9 +1,10 @@
-use p384::ecdsa::signature::hazmat::{PrehashSigner, PrehashVerifier};
-use p384::ecdsa::signature::{Signer, Verifier};
-use p384::ecdsa::{DerSignature, Signature};
+use p384::ecdsa::signature::hazmat::PrehashVerifier;
+use p384::ecdsa::signature::Verifier;
+use p384::ecdsa::Signature;
 use p384::pkcs8::{
     DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
 };
+use sha2::Digest as _;
 
 use crate::{sha256, CryptoError, Digest};
 
@@ -99,13 +100,20 @@ impl SigningKey {
 
     /// ECDSA with SHA-384 over `message`; DER-encoded signature.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        let signature: DerSignature = self.inner.sign(message);
-        signature.as_bytes().to_vec()
+        self.sign_message(message).to_der().as_bytes().to_vec()
+    }
+
+    /// ECDSA with SHA-384 over `message`, through the generator's table.
+    fn sign_message(&self, message: &[u8]) -> Signature {
+        let digest = sha2::Sha384::digest(message);
+        // A 48-byte prehash is never too short, and a zero r or s has negligible probability.
+        crate::precomputed::sign_prehash(self.inner.as_nonzero_scalar(), &digest)
+            .expect("ECDSA over a SHA-384 digest succeeds")
     }
 
     /// ECDSA with SHA-384 over `message`; fixed-size `r ‖ s` signature, as COSE (ES384) wants.
     pub fn sign_raw(&self, message: &[u8]) -> [u8; SIGNATURE_RAW_BYTES] {
-        let signature: Signature = self.inner.sign(message);
+        let signature = self.sign_message(message);
         let mut raw = [0u8; SIGNATURE_RAW_BYTES];
         // A P-384 signature is always two 48-byte scalars, so the lengths match.
         raw.copy_from_slice(&signature.to_bytes());
@@ -118,10 +126,7 @@ impl SigningKey {
     /// # Errors
     /// [`CryptoError::BadSignature`] never in practice: a 32-byte prehash is accepted for P-384.
     pub fn sign_digest(&self, digest: &Digest) -> Result<Vec<u8>, CryptoError> {
-        let signature: Signature = self
-            .inner
-            .sign_prehash(digest)
-            .map_err(|_| CryptoError::BadSignature)?;
+        let signature = crate::precomputed::sign_prehash(self.inner.as_nonzero_scalar(), digest)?;
         Ok(signature.to_der().as_bytes().to_vec())
     }
 
