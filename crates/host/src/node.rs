@@ -503,7 +503,7 @@ pub const SNAPSHOT_SEQNO_HEADER: &str = "x-charter-snapshot-seqno";
 
 enum HostMessage {
     Request(Request, tokio::sync::oneshot::Sender<Response>),
-    /// A node-channel message, decoded on the inbox thread.
+    /// A node-channel message, decoded on its connection's task.
     Peer {
         from: String,
         message: Result<PeerMessage, crate::wire::WireError>,
@@ -728,6 +728,38 @@ impl CoreHandler {
 /// Recovers the senders of the signed Ethereum transactions in `request`, if it is a JSON-RPC
 /// call, off the core thread: the core then only executes them (`charter_evm::senders` says why
 /// the core stays deterministic).
+/// Delivers peer messages from the connections' tasks straight to the core's queue, decoded
+/// there. Each connection delivers in order; a full queue (a busy core) holds the connection's
+/// task, so the peer slows down (its TCP window fills) instead of messages being lost.
+#[derive(Clone)]
+struct CoreInbox {
+    core: mpsc::SyncSender<HostMessage>,
+    ethereum_senders: Arc<charter_evm::senders::SenderCache>,
+}
+
+impl crate::peers::Inbox for CoreInbox {
+    async fn deliver(&self, from: &str, bytes: Vec<u8>) -> bool {
+        let message = PeerMessage::decode(&bytes);
+        if let Ok(PeerMessage::ForwardRequest { request, .. }) = &message {
+            // A write a follower forwards has its Ethereum senders recovered here, as a
+            // local one has on its connection's task, not on the core thread.
+            prepare_ethereum_senders(&self.ethereum_senders, request);
+        }
+        let message = HostMessage::Peer {
+            from: from.to_owned(),
+            message,
+        };
+        match self.core.try_send(message) {
+            Ok(()) => true,
+            // Rare: wait without holding up the other tasks of this runtime thread.
+            Err(mpsc::TrySendError::Full(message)) => {
+                tokio::task::block_in_place(|| self.core.send(message).is_ok())
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
 fn prepare_ethereum_senders(senders: &charter_evm::senders::SenderCache, request: &Request) {
     if request.method == charter_core::Method::Post && request.path == charter_evm::RPC_FULL_PATH {
         senders.prepare(&request.body);
@@ -1702,7 +1734,11 @@ pub fn run_node(
             Err(poisoned) => poisoned.into_inner().contains(node_id),
         })
     };
-    let (inbox, mut inbox_receiver) = tokio::sync::mpsc::channel(4_096);
+    let (sender, receiver) = mpsc::sync_channel(16_384);
+    let inbox = CoreInbox {
+        core: sender.clone(),
+        ethereum_senders: Arc::clone(&ethereum_senders),
+    };
     let peer_identity = PeerIdentity {
         node_cert_pem: identity.node_cert.to_pem(),
         node_key_pem: identity.node_key.to_pem(),
@@ -1714,7 +1750,6 @@ pub fn run_node(
     let own_id = peers.node_id().to_owned();
     let hard_state = loaded.hard_state;
     let snapshots = SnapshotWriter::start(files.snapshot_files())?;
-    let (sender, receiver) = mpsc::sync_channel(16_384);
     let metrics = Arc::new(HostMetrics::default());
     let syncer = Syncer::start(sender.clone(), Arc::clone(&metrics))?;
     let commit = Arc::new(PublishedCommit::default());
@@ -1782,29 +1817,6 @@ pub fn run_node(
             result
         })
         .map_err(|error| error.to_string())?;
-    // Peer messages go to the core in order; a busy core slows the peers down (their TCP
-    // windows fill) instead of losing messages here.
-    let peer_sender = sender.clone();
-    let inbox_senders = Arc::clone(&ethereum_senders);
-    std::thread::Builder::new()
-        .name("charter-peer-inbox".to_owned())
-        .spawn(move || {
-            while let Some((from, bytes)) = inbox_receiver.blocking_recv() {
-                let message = PeerMessage::decode(&bytes);
-                if let Ok(PeerMessage::ForwardRequest { request, .. }) = &message {
-                    // A write a follower forwards has its Ethereum senders recovered here,
-                    // as a local one has on its connection's thread, not on the core thread.
-                    prepare_ethereum_senders(&inbox_senders, request);
-                }
-                if peer_sender
-                    .send(HostMessage::Peer { from, message })
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        })
-        .map_err(|error| error.to_string())?;
     let limits = HttpLimits {
         body_bytes_max: config.body_bytes_max,
         ..HttpLimits::default()
@@ -1858,6 +1870,60 @@ mod tests {
             Ok(_) => panic!("the syncer sends only durability"),
             Err(error) => panic!("no answer from the syncer: {error}"),
         }
+    }
+
+    #[test]
+    fn the_core_inbox_delivers_in_order_waits_when_full_and_stops_when_the_core_is_gone() {
+        use crate::peers::Inbox;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let inbox = CoreInbox {
+            core: sender,
+            ethereum_senders: Arc::default(),
+        };
+        let raft = |byte: u8| PeerMessage::Raft(vec![byte; 3]).encode();
+        // The queue holds one message: the second delivery waits until the core reads.
+        let consumer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut seen = Vec::new();
+            while let Ok(message) = receiver.recv_timeout(Duration::from_secs(5)) {
+                match message {
+                    HostMessage::Peer { from, message } => seen.push((from, message.ok())),
+                    _ => panic!("only peer messages were delivered"),
+                }
+                if seen.len() == 3 {
+                    break;
+                }
+            }
+            seen
+        });
+        let delivered = runtime.block_on(async {
+            let started = Instant::now();
+            let first = inbox.deliver("a", raft(1)).await;
+            let second = inbox.deliver("a", raft(2)).await;
+            let waited = started.elapsed();
+            // Bytes that do not decode reach the core as an error, not dropped silently.
+            let third = inbox.deliver("b", vec![0xff]).await;
+            (first, second, third, waited)
+        });
+        let seen = consumer.join().unwrap();
+        assert!(delivered.0 && delivered.1 && delivered.2);
+        assert!(
+            delivered.3 >= Duration::from_millis(150),
+            "{:?}",
+            delivered.3
+        );
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[0].0, "a");
+        assert_eq!(seen[0].1, Some(PeerMessage::Raft(vec![1; 3])));
+        assert_eq!(seen[1].1, Some(PeerMessage::Raft(vec![2; 3])));
+        assert_eq!(seen[2].0, "b");
+        assert_eq!(seen[2].1, None);
+        // The core is gone: delivery says so, and the connection closes.
+        assert!(!runtime.block_on(inbox.deliver("a", raft(3))));
     }
 
     #[test]

@@ -241,9 +241,26 @@ fn shutdown_inner(inner: &Inner) {
     }
 }
 
+/// Where inbound peer connections hand each message they read.
+///
+/// A tokio channel of (sender node ID, bytes) is one (the example above). A node delivers
+/// straight to its core thread's queue instead, so that a message crosses no extra thread on
+/// its way from the socket to the core.
+pub trait Inbox: Clone + Send + Sync + 'static {
+    /// Delivers `bytes` from node `from`, waiting while the receiver is full; false once the
+    /// receiver is gone, which closes the connection.
+    fn deliver(&self, from: &str, bytes: Vec<u8>)
+        -> impl std::future::Future<Output = bool> + Send;
+}
+
+impl Inbox for mpsc::Sender<(String, Vec<u8>)> {
+    async fn deliver(&self, from: &str, bytes: Vec<u8>) -> bool {
+        self.send((from.to_owned(), bytes)).await.is_ok()
+    }
+}
+
 impl Peers {
-    /// Listens on `listen` for peers; delivers each received message as (sender node ID, bytes)
-    /// on `inbox`.
+    /// Listens on `listen` for peers; delivers each received message to `inbox`.
     ///
     /// A full `inbox` slows the senders down (their TCP windows fill) rather than losing
     /// messages; a closed `inbox` closes each inbound connection as its next message arrives.
@@ -261,7 +278,7 @@ impl Peers {
         identity: PeerIdentity,
         listen: SocketAddr,
         trust: TrustFn,
-        inbox: mpsc::Sender<(String, Vec<u8>)>,
+        inbox: impl Inbox,
     ) -> Result<Peers, PeerError> {
         let node_cert =
             Certificate::from_pem(&identity.node_cert_pem).map_err(PeerError::Identity)?;
@@ -639,7 +656,7 @@ async fn accept_loop(
     listener: Arc<Mutex<Option<TcpListener>>>,
     acceptor: tokio_rustls::TlsAcceptor,
     trust: TrustFn,
-    inbox: mpsc::Sender<(String, Vec<u8>)>,
+    inbox: impl Inbox,
 ) {
     // Dropping this set (when the task is aborted) aborts every inbound connection.
     let mut connections = JoinSet::new();
@@ -683,7 +700,7 @@ async fn inbound(
     remote: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
     trust: TrustFn,
-    inbox: mpsc::Sender<(String, Vec<u8>)>,
+    inbox: impl Inbox,
 ) {
     let _ = tcp.set_nodelay(true);
     let handshake = tokio::time::timeout(
@@ -741,7 +758,7 @@ async fn until_untrusted(trust: &TrustFn, node_id: &str) {
 async fn read_frames<R: AsyncRead + Unpin>(
     mut reader: R,
     node_id: &str,
-    inbox: &mpsc::Sender<(String, Vec<u8>)>,
+    inbox: &impl Inbox,
 ) -> &'static str {
     loop {
         let mut header = [0u8; 4];
@@ -767,7 +784,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
             _ => return "truncated frame",
         }
         assert_eq!(bytes.len(), length);
-        if inbox.send((node_id.to_owned(), bytes)).await.is_err() {
+        if !inbox.deliver(node_id, bytes).await {
             return "inbox closed";
         }
     }
