@@ -66,6 +66,7 @@ impl Sandbox {
             .arg(signature.txs.to_string())
             .arg("--signature-interval-ms")
             .arg(signature.ms.to_string())
+            .args(signature.when_idle.then_some("--signature-when-idle"))
             .arg("--snapshot-interval-txs")
             .arg(snapshot_interval_txs.to_string());
         let mut child = process::spawn_logged(&mut command, &log)?;

@@ -121,6 +121,7 @@ fn figures(
         target: target.to_owned(),
         signature_interval_txs: signature.map(|s| s.txs),
         signature_interval_ms: signature.map(|s| s.ms),
+        signature_when_idle: signature.map(|s| s.when_idle),
         clients,
         measured_s,
         operations: latency.count,
@@ -324,12 +325,20 @@ impl Bench {
         perf: bool,
     ) -> Result<(), String> {
         let dir = self.args.work_dir.join(format!(
-            "charter-{nodes}n-{}-{}",
-            signature.txs, signature.ms
+            "charter-{nodes}n-{}-{}{}",
+            signature.txs,
+            signature.ms,
+            if signature.when_idle { "-idle" } else { "" }
         ));
         eprintln!(
-            "starting Charter: {nodes} node(s), signature every {} txs or {} ms",
-            signature.txs, signature.ms
+            "starting Charter: {nodes} node(s), signature every {} txs or {} ms{}",
+            signature.txs,
+            signature.ms,
+            if signature.when_idle {
+                ", and whenever none awaits commit"
+            } else {
+                ""
+            }
         );
         let sandbox = Sandbox::start(
             &self.charter_bin,
@@ -555,9 +564,14 @@ fn chart_svg(report: &Report) -> String {
     };
     let signature_label = |run: &RunFigures| {
         format!(
-            "{}:{}",
+            "{}:{}{}",
             run.signature_interval_txs.unwrap_or(0),
-            run.signature_interval_ms.unwrap_or(0)
+            run.signature_interval_ms.unwrap_or(0),
+            if run.signature_when_idle == Some(true) {
+                ":idle"
+            } else {
+                ""
+            }
         )
     };
     // One series per kind of write run: (name, colour, points joined, system, role).

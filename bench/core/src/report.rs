@@ -59,6 +59,8 @@ pub struct RunFigures {
     pub signature_interval_txs: Option<u64>,
     /// Charter's signature interval in milliseconds, if Charter.
     pub signature_interval_ms: Option<u64>,
+    /// Whether Charter also signed whenever no signature awaited commit, if Charter.
+    pub signature_when_idle: Option<bool>,
     /// Concurrent clients.
     pub clients: usize,
     /// Length of the measured window, seconds.
@@ -240,6 +242,7 @@ mod tests {
             target: "leader".to_owned(),
             signature_interval_txs: None,
             signature_interval_ms: None,
+            signature_when_idle: None,
             clients: 64,
             measured_s: 10.0,
             operations: (ops * 10.0) as usize,

@@ -24,6 +24,9 @@ pub struct SandboxArgs {
     /// Signature every T milliseconds.
     #[arg(long, default_value_t = 100)]
     pub signature_interval_ms: u64,
+    /// Also sign whenever no signature awaits commit: lower latency to commit, more signatures.
+    #[arg(long)]
+    pub signature_when_idle: bool,
     /// Write a snapshot every N committed transactions (0: never).
     #[arg(long, default_value_t = 10_000)]
     pub snapshot_interval_txs: u64,
@@ -270,6 +273,7 @@ pub fn run(args: SandboxArgs) -> Result<(), String> {
             users: Vec::new(),
             signature_interval_txs: args.signature_interval_txs,
             signature_interval_ms: args.signature_interval_ms,
+            signature_when_idle: args.signature_when_idle,
             chunk_bytes_max: args.chunk_bytes_max,
             snapshot_interval_txs: args.snapshot_interval_txs,
             log_entries_kept: 50_000,

@@ -213,6 +213,12 @@ pub struct NodeConfig {
     pub signature_interval_txs: u64,
     /// Emit a signature when the oldest unsigned transaction is this old.
     pub signature_interval_ms: u64,
+    /// Also emit a signature at a tick, before either interval is reached, when no earlier
+    /// signature awaits commit: one signature in flight at a time. A write then commits one
+    /// replication round after the round in flight, rather than after the interval; under
+    /// heavy load signatures space out by themselves to one per replication round, and the
+    /// intervals remain the longest a write waits.
+    pub signature_when_idle: bool,
     /// Complete a chunk at the first signature appended after it reaches this size.
     pub chunk_bytes_max: u64,
     /// Milliseconds per Raft tick.
@@ -278,6 +284,7 @@ impl NodeConfig {
             entropy: [0; 32],
             signature_interval_txs: 5_000,
             signature_interval_ms: 100,
+            signature_when_idle: false,
             chunk_bytes_max: 5_000_000,
             raft_tick_ms: 50,
             seed: 0,
@@ -1378,6 +1385,14 @@ impl Node {
         let since = self.unsigned_since_ms.unwrap_or(self.now_ms);
         self.unsigned_txs >= self.config.signature_interval_txs
             || self.now_ms.saturating_sub(since) >= self.config.signature_interval_ms
+            || (self.config.signature_when_idle && !self.signature_in_flight())
+    }
+
+    /// Whether a signature this node holds is not committed yet.
+    fn signature_in_flight(&self) -> bool {
+        self.signatures
+            .last_key_value()
+            .is_some_and(|(seqno, _)| *seqno > self.commit_seqno)
     }
 
     /// Pulls all pending consensus work and turns it into actions.

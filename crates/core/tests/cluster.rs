@@ -815,3 +815,63 @@ fn rekeys_by_governance_give_every_node_each_new_secret_and_old_entries_stay_rea
         .collect();
     assert_eq!(after, starts);
 }
+
+/// With `signature_when_idle`, a write commits at the next tick and round although neither
+/// interval is near, and a second signature waits until the first is committed.
+#[test]
+fn signing_when_idle_commits_at_once_with_one_signature_in_flight() {
+    fn configure(config: &mut charter_core::NodeConfig) {
+        config.signature_interval_txs = 1_000_000;
+        config.signature_interval_ms = 1_000_000;
+        config.signature_when_idle = true;
+    }
+    let mut cluster = three_nodes_with(configure);
+    let first = cluster.nodes[0].put("idle-a", b"1");
+    // The tick signs (nothing is in flight) and the round that follows commits.
+    cluster.tick(1);
+    assert_eq!(
+        cluster.nodes[0].node.tx_status(first),
+        charter_core::TxStatus::Committed
+    );
+    // A signature the followers have not seen yet is in flight: the next write waits for it.
+    let second = cluster.nodes[0].put("idle-b", b"2");
+    cluster.nodes[0].tick(1);
+    let third = cluster.nodes[0].put("idle-c", b"3");
+    cluster.nodes[0].tick(1);
+    cluster.pump();
+    assert_eq!(
+        cluster.nodes[0].node.tx_status(second),
+        charter_core::TxStatus::Committed
+    );
+    assert_ne!(
+        cluster.nodes[0].node.tx_status(third),
+        charter_core::TxStatus::Committed,
+        "a second signature was made while the first was in flight"
+    );
+    cluster.tick(1);
+    assert_eq!(
+        cluster.nodes[0].node.tx_status(third),
+        charter_core::TxStatus::Committed
+    );
+}
+
+/// Without it, the same writes wait for an interval.
+#[test]
+fn without_signing_when_idle_a_write_waits_for_the_interval() {
+    fn configure(config: &mut charter_core::NodeConfig) {
+        config.signature_interval_txs = 1_000_000;
+        config.signature_interval_ms = 1_000;
+    }
+    let mut cluster = three_nodes_with(configure);
+    let write = cluster.nodes[0].put("interval-a", b"1");
+    for _ in 0..8 {
+        cluster.tick(60);
+    }
+    assert_ne!(
+        cluster.nodes[0].node.tx_status(write),
+        charter_core::TxStatus::Committed
+    );
+    cluster.tick_until(20, "the interval's signature", |c| {
+        c.nodes[0].node.tx_status(write) == charter_core::TxStatus::Committed
+    });
+}

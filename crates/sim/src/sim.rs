@@ -84,6 +84,12 @@ struct Proposal {
     voted: BTreeSet<usize>,
 }
 
+/// Whether the nodes of seed `seed`'s run also sign whenever no signature awaits commit: odd
+/// seeds do, so both ways of signing meet every fault.
+fn signs_when_idle(seed: u64) -> bool {
+    seed % 2 == 1
+}
+
 /// A simulated network of three (at times four) nodes driven by one seed.
 pub struct Simulation {
     seed: u64,
@@ -147,6 +153,7 @@ impl Simulation {
             let mut config = config.clone();
             config.seed = rng.next_u64();
             config.signature_interval_ms = SIGNATURE_INTERVAL_MS;
+            config.signature_when_idle = signs_when_idle(seed);
             config.unsafe_commit_before_majority = options.unsafe_commit_before_majority;
             node_ids.push(config.node_key.verifying_key().id_hex());
             let restored = charter_core::Restored {
@@ -813,6 +820,7 @@ impl Simulation {
             let mut config = node_config(JOINER_SEED);
             config.seed = self.rng.next_u64();
             config.signature_interval_ms = SIGNATURE_INTERVAL_MS;
+            config.signature_when_idle = signs_when_idle(self.seed);
             config.unsafe_commit_before_majority = self.options.unsafe_commit_before_majority;
             self.node_ids.push(config.node_key.verifying_key().id_hex());
             // The joining node's core starts once governance trusts it (see below).
