@@ -730,12 +730,10 @@ impl CoreHandler {
     }
 }
 
-/// Recovers the senders of the signed Ethereum transactions in `request`, if it is a JSON-RPC
-/// call, off the core thread: the core then only executes them (`charter_evm::senders` says why
-/// the core stays deterministic).
 /// Delivers peer messages from the connections' tasks straight to the core's queue, decoded
 /// there. Each connection delivers in order; a full queue (a busy core) holds the connection's
-/// task, so the peer slows down (its TCP window fills) instead of messages being lost.
+/// task, so the peer slows down (its TCP window fills) instead of messages being lost. It waits
+/// with `block_in_place`, so it needs a multi-threaded runtime, as the node's is.
 #[derive(Clone)]
 struct CoreInbox {
     core: mpsc::SyncSender<HostMessage>,
@@ -765,6 +763,9 @@ impl crate::peers::Inbox for CoreInbox {
     }
 }
 
+/// Recovers the senders of the signed Ethereum transactions in `request`, if it is a JSON-RPC
+/// call, off the core thread: the core then only executes them (`charter_evm::senders` says why
+/// the core stays deterministic).
 fn prepare_ethereum_senders(senders: &charter_evm::senders::SenderCache, request: &Request) {
     if request.method == charter_core::Method::Post && request.path == charter_evm::RPC_FULL_PATH {
         senders.prepare(&request.body);
@@ -1486,7 +1487,6 @@ impl CoreLoop {
     }
 }
 
-/// Starts a node from `config` and runs it until `shutdown` resolves.
 /// Serves the client API on `address` from `rpc_runtime`, calls `ready`, and waits (on
 /// `runtime`) for SIGTERM or Ctrl-C; then stops accepting and lets open connections finish
 /// for a few seconds.

@@ -243,7 +243,7 @@ fn shutdown_inner(inner: &Inner) {
 
 /// Where inbound peer connections hand each message they read.
 ///
-/// A tokio channel of (sender node ID, bytes) is one (the example above). A node delivers
+/// A tokio channel of (sender node ID, bytes) is one (as in the module's example). A node delivers
 /// straight to its core thread's queue instead, so that a message crosses no extra thread on
 /// its way from the socket to the core.
 pub trait Inbox: Clone + Send + Sync + 'static {
