@@ -6,6 +6,11 @@ use serde::Serialize;
 
 use crate::stats::LatencySummary;
 
+/// Narrowest run column of the table.
+const RUN_COLUMN_MIN: usize = 34;
+/// Width of the table's columns after the run column, with their separating spaces.
+const NUMBER_COLUMNS_WIDTH: usize = 6 + 11 + 9 * 3 + 8 + 9 + 11 + 10;
+
 /// Which system a run measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,9 +170,17 @@ impl Report {
     /// The stdout table: one row per run, with ratios to etcd where there is a baseline.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        // The run column fits the longest label, so that the numbers line up.
+        let width = self
+            .runs
+            .iter()
+            .map(|run| run.label.len())
+            .max()
+            .unwrap_or(0)
+            .max(RUN_COLUMN_MIN);
         let _ = writeln!(
             out,
-            "{:<34} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8} {:>10} {:>9}",
+            "{:<width$} {:>5} {:>10} {:>8} {:>8} {:>8} {:>7} {:>8} {:>10} {:>9}",
             "run",
             "nodes",
             "ops/s",
@@ -179,7 +192,7 @@ impl Report {
             "x etcd p99",
             "cpu ms/op"
         );
-        let _ = writeln!(out, "{}", "-".repeat(125));
+        let _ = writeln!(out, "{}", "-".repeat(width + NUMBER_COLUMNS_WIDTH));
         for run in &self.runs {
             let ratio = self.ratios.iter().find(|ratio| ratio.label == run.label);
             let (throughput, p99) = match ratio {
@@ -192,7 +205,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<34} {:>5} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>8} {:>10} {:>9.3}",
+                "{:<width$} {:>5} {:>10.0} {:>8.1} {:>8.1} {:>8.1} {:>7} {:>8} {:>10} {:>9.3}",
                 run.label,
                 run.nodes,
                 run.operations_per_s,
@@ -285,6 +298,25 @@ mod tests {
         assert_eq!(json["runs"][1]["operations_per_s"], 7500.0);
         assert_eq!(json["runs"][0]["system"], "etcd");
         assert_eq!(json["target_met"], true);
+    }
+
+    #[test]
+    fn a_long_label_widens_the_run_column_and_keeps_the_columns_aligned() {
+        let long = "Charter 3 nodes, sweep 5000:100:idle and then some";
+        let runs = vec![
+            run("etcd 3", System::Etcd, Role::Comparison, 3000.0, 60.0),
+            run(long, System::Charter, Role::Sweep, 9000.0, 90.0),
+        ];
+        let report = Report::new(serde_json::json!({}), serde_json::json!({}), runs);
+        let table = report.table();
+        let lines: Vec<&str> = table.lines().collect();
+        // Header, rule and both rows are as wide as one another.
+        assert!(
+            lines[..4].iter().all(|line| line.len() == lines[0].len()),
+            "{table}"
+        );
+        assert_eq!(lines[0].len(), long.len() + NUMBER_COLUMNS_WIDTH);
+        assert!(lines[3].starts_with(long));
     }
 
     #[test]
