@@ -334,6 +334,9 @@ pub enum StartMode {
     },
 }
 
+/// Signature records by seqno, in a persistent map: a snapshot shares them instead of copying.
+type SignatureRecords = imbl::OrdMap<u64, SignatureRecord>;
+
 /// Everything a snapshot covers, owned, so that the host can encode it off the core thread
 /// ([`Action::EncodeSnapshot`]).
 #[derive(Clone)]
@@ -343,7 +346,9 @@ pub struct SnapshotWork {
     view: u64,
     store: charter_kv::Snapshot,
     leaves: SnapshotLeaves,
-    signatures: Vec<SignatureRecord>,
+    /// Every signature the node holds, shared with it (a clone is a pointer copy); those up
+    /// to `seqno` are encoded, on the snapshot thread.
+    signatures: SignatureRecords,
     views: Vec<(u64, u64)>,
     conf_changes: Vec<(u64, Vec<u8>)>,
     secret: LedgerSecret,
@@ -379,13 +384,18 @@ impl SnapshotWork {
     /// Appends the snapshot's bytes to `out` (a buffer the caller reuses); returns their
     /// SHA-256 digest.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Digest {
+        let signatures: Vec<SignatureRecord> = self
+            .signatures
+            .range(..=self.seqno)
+            .map(|(_, record)| record.clone())
+            .collect();
         encode_snapshot_into(
             &SnapshotContents {
                 seqno: self.seqno,
                 view: self.view,
                 store: &self.store,
                 leaves: &self.leaves,
-                signatures: &self.signatures,
+                signatures: &signatures,
                 views: &self.views,
                 conf_changes: &self.conf_changes,
             },
@@ -457,7 +467,7 @@ pub struct Node {
     /// Seqno of the last entry ingested into store and tree.
     ingested: u64,
     /// Signature transactions by seqno.
-    signatures: BTreeMap<u64, SignatureRecord>,
+    signatures: SignatureRecords,
     /// Raft's commit index.
     raft_commit: u64,
     /// Last committed signature's seqno: everything up to it is committed.
@@ -610,7 +620,7 @@ impl Node {
             tree: MerkleTree::new(),
             leaves: SnapshotLeaves::new(),
             ingested: 0,
-            signatures: BTreeMap::new(),
+            signatures: SignatureRecords::new(),
             raft_commit: 0,
             commit_seqno: 0,
             unsigned_txs: 0,
@@ -742,7 +752,11 @@ impl Node {
         self.store = store;
         self.tree = verified.tree.clone();
         self.leaves = snapshot.leaves.iter().copied().collect();
-        self.signatures = snapshot.signatures.clone();
+        self.signatures = snapshot
+            .signatures
+            .iter()
+            .map(|(seqno, record)| (*seqno, record.clone()))
+            .collect();
         self.views = snapshot.views.clone();
         self.conf_changes = snapshot.conf_changes.iter().cloned().collect();
         self.ingested = seqno;
@@ -864,11 +878,9 @@ impl Node {
     fn snapshot_work(&self, seqno: u64, point: &SnapshotPoint) -> SnapshotWork {
         assert!(seqno <= self.commit_seqno && seqno <= self.ingested);
         let leaves = self.leaves.prefix(seqno as usize);
-        let signatures: Vec<SignatureRecord> = self
-            .signatures
-            .range(..=seqno)
-            .map(|(_, record)| record.clone())
-            .collect();
+        // Shared, not copied: a service signs up to hundreds of times a second, and copying
+        // every record since genesis took the core thread longer at each snapshot.
+        let signatures = self.signatures.clone();
         let views: Vec<(u64, u64)> = self
             .views
             .iter()
@@ -1391,7 +1403,7 @@ impl Node {
     /// Whether a signature this node holds is not committed yet.
     fn signature_in_flight(&self) -> bool {
         self.signatures
-            .last_key_value()
+            .get_max()
             .is_some_and(|(seqno, _)| *seqno > self.commit_seqno)
     }
 
@@ -1844,7 +1856,8 @@ impl Node {
         self.nodes_version += 1;
         self.tree.truncate(seqno);
         self.leaves.truncate(seqno as usize);
-        let _ = self.signatures.split_off(&(seqno + 1));
+        // Keys below seqno + 1 on the left; the key itself is dropped too.
+        self.signatures = self.signatures.split(&(seqno + 1)).0;
         self.secrets.roll_back_to(seqno);
         self.historical = HistoricalCache::default();
         self.ingested = seqno;
