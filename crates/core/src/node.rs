@@ -421,7 +421,7 @@ struct SnapshotPoint {
 /// machine.)
 pub const FOLLOWER_SNAPSHOT_SPACING: u64 = 4;
 
-/// Most signing nodes whose precomputed keys a replica keeps (a third of a megabyte each):
+/// Most signing nodes whose precomputed keys a replica keeps (0.6 MB each):
 /// primaries change rarely, so this is never reached in practice.
 const SIGNER_KEYS_MAX: usize = 8;
 
