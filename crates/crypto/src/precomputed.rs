@@ -67,18 +67,9 @@ impl<const W: usize> PointTable<W> {
 
     /// Adds `scalar·P` to `sum`.
     fn add_multiple(&self, sum: &mut ProjectivePoint, scalar: &Scalar) {
-        // Big-endian bytes: bit `b` (0 the least significant) is bit `b % 8` of byte
-        // `47 - b / 8`.
         let bytes: FieldBytes = scalar.to_bytes();
-        let bit = |index: usize| -> usize {
-            if index >= SCALAR_BITS {
-                return 0;
-            }
-            usize::from((bytes[bytes.len() - 1 - index / 8] >> (index % 8)) & 1)
-        };
         for window in 0..Self::WINDOWS {
-            let first = window * W;
-            let digit = (0..W).fold(0, |digit, offset| digit | (bit(first + offset) << offset));
+            let digit = usize::from(window_digit(&bytes, window, W));
             if digit != 0 {
                 *sum += &self.multiples[window * Self::DIGITS + digit - 1];
             }
@@ -93,14 +84,7 @@ impl PointTable<SIGNING_WINDOW_BITS> {
         let bytes: FieldBytes = scalar.to_bytes();
         let mut sum = ProjectivePoint::IDENTITY;
         for (window, row) in self.multiples.chunks_exact(Self::DIGITS).enumerate() {
-            let mut digit = 0u8;
-            for offset in 0..SIGNING_WINDOW_BITS {
-                // The bit positions are public; only the bits' values are secret.
-                let index = window * SIGNING_WINDOW_BITS + offset;
-                if index < SCALAR_BITS {
-                    digit |= ((bytes[bytes.len() - 1 - index / 8] >> (index % 8)) & 1) << offset;
-                }
-            }
+            let digit = window_digit(&bytes, window, SIGNING_WINDOW_BITS);
             let mut chosen = ProjectivePoint::IDENTITY;
             for (position, entry) in row.iter().enumerate() {
                 // `position + 1` is at most DIGITS, which fits a byte.
@@ -110,6 +94,22 @@ impl PointTable<SIGNING_WINDOW_BITS> {
         }
         sum
     }
+}
+
+/// Digit `window` of `bits` bits of the big-endian scalar `bytes` (bit `b`, 0 the least
+/// significant, is bit `b % 8` of byte `47 - b / 8`; bits past the top are zero). Branches
+/// only on the positions, which are public, never on the bits, so signing may use it on a
+/// secret scalar.
+fn window_digit(bytes: &FieldBytes, window: usize, bits: usize) -> u8 {
+    debug_assert!(bits <= 8);
+    let mut digit = 0u8;
+    for offset in 0..bits {
+        let index = window * bits + offset;
+        if index < SCALAR_BITS {
+            digit |= ((bytes[bytes.len() - 1 - index / 8] >> (index % 8)) & 1) << offset;
+        }
+    }
+    digit
 }
 
 /// ECDSA over `prehash` with the RFC 6979 nonce (HMAC-SHA-384), exactly as
