@@ -1206,13 +1206,21 @@ impl Node {
 
     /// Sends what [`Node::step`] held back over the client requests since the last input of
     /// another kind: a leader's appends to its followers, merged. A host calls this after each
-    /// batch of inputs, before carrying out the actions.
+    /// batch of inputs, before carrying out the actions. With
+    /// [`NodeConfig::signature_when_idle`] a primary whose last signature committed also signs
+    /// here what it wrote since, rather than at its next tick.
     ///
     /// # Errors
     /// [`CoreError::Poisoned`] after an earlier failure.
     pub fn flush(&mut self, out: &mut Vec<Action>) -> Result<(), CoreError> {
         if let Some(reason) = &self.poisoned {
             return Err(CoreError::Poisoned(reason.clone()));
+        }
+        if self.config.signature_when_idle && self.consensus.is_leader() && self.signature_due() {
+            if let Err(error) = self.emit_signature(out) {
+                self.poisoned = Some(error.to_string());
+                return Err(error);
+            }
         }
         let mut outputs = Vec::new();
         self.consensus.release_appends(&mut outputs);

@@ -1,7 +1,7 @@
 //! Runs one node: identity files, ledger files, the core's event loop, the node-to-node
 //! channels and the HTTPS listener.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -211,6 +211,10 @@ const FORWARD_TIMEOUT_MS: u64 = 10_000;
 const BOOTSTRAP_PEERS_FILE: &str = "bootstrap_peers.json";
 /// Inputs the core takes in one batch before it writes and syncs.
 const BATCH_INPUTS_MAX: usize = 4_096;
+/// Rounds in a row that may serve consensus messages before the client requests queued with
+/// them (see `take_round`); the next takes everything in order, so that a stream of consensus
+/// messages cannot starve the clients.
+const DEFERRED_ROUNDS_MAX: u32 = 8;
 
 struct Identity {
     node_key: SigningKey,
@@ -518,6 +522,13 @@ enum HostMessage {
     /// The [`Syncer`] could not make the ledger durable: the node must stop.
     SyncFailed(String),
     Shutdown,
+}
+
+impl HostMessage {
+    /// A client's request (the rest are consensus, disk and control messages).
+    fn is_request(&self) -> bool {
+        matches!(self, HostMessage::Request(..))
+    }
 }
 
 /// Where the answer to a request the core handles goes.
@@ -1390,23 +1401,39 @@ impl CoreLoop {
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
         let mut last_tick = Instant::now();
+        // Inputs taken off the queue and not yet stepped: client requests wait here while a
+        // round serves consensus messages first.
+        let mut backlog: VecDeque<HostMessage> = VecDeque::new();
+        // Rounds in a row that left client requests for later.
+        let mut deferred_rounds = 0;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             let mut actions = Vec::new();
             let mut stop = false;
             let mut inputs = 0;
             let mut round_ends = false;
-            let first = receiver.recv_timeout(wait);
-            let round_started = Instant::now();
-            let mut message = match first {
-                Ok(message) => Some(message),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    stop = true;
-                    None
+            if backlog.is_empty() {
+                match receiver.recv_timeout(wait) {
+                    Ok(message) => backlog.push_back(message),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
                 }
+            }
+            let round_started = Instant::now();
+            while backlog.len() < BATCH_INPUTS_MAX {
+                match receiver.try_recv() {
+                    Ok(message) => backlog.push_back(message),
+                    Err(_) => break,
+                }
+            }
+            let control_first = deferred_rounds < DEFERRED_ROUNDS_MAX;
+            let mut round = take_round(&mut backlog, control_first).into_iter();
+            deferred_rounds = if backlog.is_empty() {
+                0
+            } else {
+                deferred_rounds + 1
             };
-            while let Some(current) = message.take() {
+            for current in round.by_ref() {
                 match current {
                     HostMessage::Shutdown => {
                         stop = true;
@@ -1436,10 +1463,13 @@ impl CoreLoop {
                     }
                 }
                 inputs += 1;
-                if round_ends || inputs >= BATCH_INPUTS_MAX {
+                if round_ends {
                     break;
                 }
-                message = receiver.try_recv().ok();
+            }
+            // Inputs a round ended before go back to the front, in order.
+            for message in round.rev() {
+                backlog.push_front(message);
             }
             // Snapshots the snapshot thread encoded since the last round.
             while let Ok((seqno, digest)) = self.snapshots.encoded.try_recv() {
@@ -1485,6 +1515,23 @@ impl CoreLoop {
             }
         }
     }
+}
+
+/// The inputs a core round steps, taken from `backlog` (what the core took off its queue).
+/// With `control_first`, the consensus, disk and control messages if there are any, in their
+/// order, leaving the client requests for the next round; otherwise everything in order. What
+/// such messages release (commits, a primary's next signature, a follower's acknowledgement)
+/// then goes out without waiting for the requests queued with them to execute; the requests
+/// keep their order.
+fn take_round(backlog: &mut VecDeque<HostMessage>, control_first: bool) -> Vec<HostMessage> {
+    if !control_first || backlog.iter().all(HostMessage::is_request) {
+        return backlog.drain(..).collect();
+    }
+    let (control, requests): (Vec<_>, Vec<_>) = std::mem::take(backlog)
+        .into_iter()
+        .partition(|message| !message.is_request());
+    *backlog = requests.into();
+    control
 }
 
 /// Serves the client API on `address` from `rpc_runtime`, calls `ready`, and waits (on
@@ -1972,6 +2019,66 @@ mod tests {
         assert_eq!(seen[2].1, None);
         // The core is gone: delivery says so, and the connection closes.
         assert!(!runtime.block_on(inbox.deliver("a", raft(3))));
+    }
+
+    #[test]
+    fn a_round_takes_consensus_messages_before_the_requests_queued_with_them() {
+        let request = |path: &str| {
+            let request = Request {
+                method: charter_core::Method::Put,
+                path: path.to_owned(),
+                query: Vec::new(),
+                headers: Vec::new(),
+                body: Vec::new(),
+                caller_cert_der: None,
+            };
+            HostMessage::Request(request, tokio::sync::oneshot::channel().0)
+        };
+        let peer = |byte: u8| HostMessage::Peer {
+            from: "n".to_owned(),
+            message: Ok(PeerMessage::Raft(vec![byte])),
+        };
+        let describe = |message: &HostMessage| match message {
+            HostMessage::Request(request, _) => request.path.clone(),
+            HostMessage::Peer {
+                message: Ok(PeerMessage::Raft(bytes)),
+                ..
+            } => format!("peer {}", bytes[0]),
+            HostMessage::Durable(token) => format!("durable {token}"),
+            _ => "other".to_owned(),
+        };
+        let mut backlog: VecDeque<HostMessage> = VecDeque::from(vec![
+            request("/a"),
+            peer(1),
+            request("/b"),
+            HostMessage::Durable(7),
+            peer(2),
+            request("/c"),
+        ]);
+        let round: Vec<String> = take_round(&mut backlog, true)
+            .iter()
+            .map(describe)
+            .collect();
+        assert_eq!(round, ["peer 1", "durable 7", "peer 2"]);
+        let left: Vec<String> = backlog.iter().map(describe).collect();
+        assert_eq!(left, ["/a", "/b", "/c"]);
+        // Only requests left: a round takes them all, in order.
+        let round: Vec<String> = take_round(&mut backlog, true)
+            .iter()
+            .map(describe)
+            .collect();
+        assert_eq!(round, ["/a", "/b", "/c"]);
+        assert!(backlog.is_empty());
+        assert!(take_round(&mut backlog, true).is_empty());
+        // After rounds that deferred requests, one takes everything in order, so a stream of
+        // consensus messages cannot starve the clients.
+        backlog.extend([request("/d"), peer(3), request("/e")]);
+        let round: Vec<String> = take_round(&mut backlog, false)
+            .iter()
+            .map(describe)
+            .collect();
+        assert_eq!(round, ["/d", "peer 3", "/e"]);
+        assert!(backlog.is_empty());
     }
 
     #[test]
