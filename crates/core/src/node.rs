@@ -213,11 +213,12 @@ pub struct NodeConfig {
     pub signature_interval_txs: u64,
     /// Emit a signature when the oldest unsigned transaction is this old.
     pub signature_interval_ms: u64,
-    /// Also emit a signature at a tick, before either interval is reached, when no earlier
-    /// signature awaits commit: one signature in flight at a time. A write then commits one
-    /// replication round after the round in flight, rather than after the interval; under
-    /// heavy load signatures space out by themselves to one per replication round, and the
-    /// intervals remain the longest a write waits.
+    /// Also emit a signature, before either interval is reached, when no earlier signature
+    /// awaits commit: at the end of any round of inputs ([`Node::flush`]) and at a tick. One
+    /// signature is in flight at a time: a write made while none is commits one replication
+    /// round later, and one made while one is, when the next signature (sent as soon as that
+    /// one commits) does. Under heavy load signatures space out by themselves to one per
+    /// replication round, and the intervals remain the longest a write waits.
     pub signature_when_idle: bool,
     /// Complete a chunk at the first signature appended after it reaches this size.
     pub chunk_bytes_max: u64,
