@@ -122,7 +122,30 @@ enum ReceiptCommand {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay`: its place in mimalloc 3's `mi_option_e` (mimalloc.h), the option
+/// setting how long freed memory waits before it is returned to the OS (1,000 ms by default).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Tells the allocator to keep the memory a process frees for reuse rather than return it to
+/// the OS a second later (unless `MIMALLOC_PURGE_DELAY` says otherwise). A loaded node frees
+/// and reuses memory all the time; returned memory came back through a page fault and a
+/// zeroed page at each reuse. Under the Ethereum load (ERC-20 transfers, three nodes, A/B
+/// pairs of one binary) the nodes took 124-129 instead of 131-133 us of CPU per transaction,
+/// 5% more transactions a second. The cost: a node's resident memory stays at its peak.
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: both functions take and return plain integers; mimalloc is this process's
+        // allocator (above) and its options may be changed at any time.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sandbox(args) => sandbox::run(args),
@@ -159,5 +182,26 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern "C" {
+        fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+    }
+
+    /// Option 15 is mimalloc's purge delay (the only option whose default is 1,000), and
+    /// `keep_freed_memory` turns purging off.
+    #[test]
+    fn keep_freed_memory_sets_mimallocs_purge_delay() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: plain integers in and out.
+        let read = || unsafe { mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(read(), 1_000);
+        super::keep_freed_memory();
+        assert_eq!(read(), -1);
     }
 }

@@ -1600,10 +1600,16 @@ impl Node {
             self.unsigned_txs += 1;
             self.unsigned_since_ms.get_or_insert(self.now_ms);
         }
-        let leaf = decoded.leaf();
+        // The write set's digest once: it hashes the whole entry.
+        let write_set_digest = decoded.write_set_digest();
+        let leaf = charter_ledger::leaf_hash(
+            &write_set_digest,
+            &decoded.commit_evidence_digest,
+            &decoded.claims_digest,
+        );
         self.tree.append(leaf);
         self.leaves.push(SnapshotLeaf {
-            write_set_digest: decoded.write_set_digest(),
+            write_set_digest,
             claims_digest: decoded.claims_digest,
             leaf,
         });

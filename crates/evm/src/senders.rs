@@ -90,7 +90,7 @@ impl SenderCache {
                 .and_then(|params| params.get(0))
                 .and_then(Value::as_str)
                 .and_then(|text| text.strip_prefix("0x"))
-                .and_then(|digits| hex::decode(digits).ok());
+                .and_then(crate::rpc::decode_hex_digits);
             let Some(raw) = raw else { continue };
             if let Ok(signed) = transaction::decode_signed(&raw) {
                 recovered.push((signed.hash, signed.sender));
