@@ -1947,17 +1947,8 @@ impl Node {
     ) -> Result<TxId, CoreError> {
         let (view, seqno) = self.consensus.next_tx();
         let tx_id = TxId::new(view, seqno);
-        let (public, private) = write_set.split_domains();
-        let public_bytes = if public.is_empty() {
-            Vec::new()
-        } else {
-            public.to_bytes()
-        };
-        let private_bytes = if private.is_empty() {
-            Vec::new()
-        } else {
-            private.to_bytes()
-        };
+        let public_bytes = write_set.domain_to_bytes(true);
+        let private_bytes = write_set.domain_to_bytes(false);
         let bytes = encode_entry(
             &EntryParts {
                 kind,
@@ -1974,8 +1965,6 @@ impl Node {
         })?;
         // Ingesting the entry needs its write set, which is at hand: decrypting and decoding
         // the bytes just encoded was a tenth of a busy primary's core thread.
-        let mut write_set = public;
-        write_set.merge(private);
         self.own_proposal = Some((seqno, write_set));
         let proposed = self.consensus.propose(bytes);
         if let Err(error) = proposed {

@@ -159,9 +159,30 @@ impl WriteSet {
     /// If a map name is empty or a length is above its maximum (possible only by filling
     /// [`WriteSet::maps`] directly), since such an encoding could not be decoded.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_maps(out, |_| true);
+    }
+
+    /// The encoding of the maps of one domain (public if `public`, else private): the same
+    /// bytes as [`WriteSet::split_domains`] then [`WriteSet::to_bytes`] of that half, without
+    /// taking the write set apart. Empty if no map of the domain has an entry.
+    pub fn domain_to_bytes(&self, public: bool) -> Vec<u8> {
+        let in_domain = |name: &str| is_public_map(name) == public;
+        if !self
+            .maps
+            .iter()
+            .any(|(name, entries)| in_domain(name) && !entries.is_empty())
+        {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_maps(&mut out, in_domain);
+        out
+    }
+
+    fn encode_maps(&self, out: &mut Vec<u8>, include: impl Fn(&str) -> bool) {
         let start = out.len();
-        put_u32(out, self.maps.len());
-        for (name, entries) in &self.maps {
+        put_u32(out, self.maps.keys().filter(|name| include(name)).count());
+        for (name, entries) in self.maps.iter().filter(|(name, _)| include(name)) {
             assert!(
                 !name.is_empty() && name.len() <= MAP_NAME_BYTES_MAX,
                 "bad map name"
@@ -545,6 +566,16 @@ mod tests {
             let mut again = vec![7];
             ws.encode(&mut again);
             prop_assert_eq!(&again[1..], &bytes[..]);
+        }
+
+        #[test]
+        fn a_domains_bytes_are_its_half_encoded(ws in arb_write_set()) {
+            let (public, private) = ws.clone().split_domains();
+            let encoded = |half: &WriteSet| {
+                if half.is_empty() { Vec::new() } else { half.to_bytes() }
+            };
+            prop_assert_eq!(ws.domain_to_bytes(true), encoded(&public));
+            prop_assert_eq!(ws.domain_to_bytes(false), encoded(&private));
         }
 
         #[test]
