@@ -2047,6 +2047,12 @@ mod tests {
             HostMessage::Durable(token) => format!("durable {token}"),
             _ => "other".to_owned(),
         };
+        let take = |backlog: &mut VecDeque<HostMessage>, control_first: bool| -> Vec<String> {
+            take_round(backlog, control_first)
+                .iter()
+                .map(describe)
+                .collect()
+        };
         let mut backlog: VecDeque<HostMessage> = VecDeque::from(vec![
             request("/a"),
             peer(1),
@@ -2055,28 +2061,19 @@ mod tests {
             peer(2),
             request("/c"),
         ]);
-        let round: Vec<String> = take_round(&mut backlog, true)
-            .iter()
-            .map(describe)
-            .collect();
+        let round = take(&mut backlog, true);
         assert_eq!(round, ["peer 1", "durable 7", "peer 2"]);
         let left: Vec<String> = backlog.iter().map(describe).collect();
         assert_eq!(left, ["/a", "/b", "/c"]);
         // Only requests left: a round takes them all, in order.
-        let round: Vec<String> = take_round(&mut backlog, true)
-            .iter()
-            .map(describe)
-            .collect();
+        let round = take(&mut backlog, true);
         assert_eq!(round, ["/a", "/b", "/c"]);
         assert!(backlog.is_empty());
         assert!(take_round(&mut backlog, true).is_empty());
         // After rounds that deferred requests, one takes everything in order, so a stream of
         // consensus messages cannot starve the clients.
         backlog.extend([request("/d"), peer(3), request("/e")]);
-        let round: Vec<String> = take_round(&mut backlog, false)
-            .iter()
-            .map(describe)
-            .collect();
+        let round = take(&mut backlog, false);
         assert_eq!(round, ["/d", "peer 3", "/e"]);
         assert!(backlog.is_empty());
     }
