@@ -168,8 +168,9 @@ impl Ledger for AppLedger<'_, '_> {
 }
 
 /// A ledger in memory: a key-value store that commits at once, with no replication. For tests
-/// and benchmarks of the adapter without a node.
-#[derive(Debug)]
+/// and benchmarks of the adapter without a node. Cloning is cheap (the store's maps are
+/// persistent), so a test can fork a prepared ledger.
+#[derive(Clone, Debug)]
 pub struct MemoryLedger {
     store: Store,
     /// The user calling (the ID Charter would derive from the client certificate).

@@ -646,7 +646,14 @@ fn resolve_block(tx: &mut Tx, value: Option<&Value>, head: u64) -> Result<Option
                 let hash = parse_hash(hash).ok_or_else(|| RpcError::params("invalid blockHash"))?;
                 return Ok(chain::block_by_hash(tx, &hash)?.map(|block| block.number));
             }
-            return resolve_block(tx, object.get("blockNumber"), head);
+            // EIP-1898: the object names a block by hash or by number; an empty one is a
+            // mistake, not "latest".
+            let Some(number) = object.get("blockNumber") else {
+                return Err(RpcError::params(
+                    "a block object needs blockHash or blockNumber",
+                ));
+            };
+            return resolve_block(tx, Some(number), head);
         }
         Some(Value::Number(number)) => number
             .as_u64()

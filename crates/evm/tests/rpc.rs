@@ -746,6 +746,12 @@ fn malformed_requests() {
         ("eth_call", json!(["not an object"])),
         ("eth_getLogs", json!([{"address": "0x1"}])),
         ("eth_getLogs", json!([{"topics": [1, 2, 3, 4, 5]}])),
+        // EIP-1898: a block object names a hash or a number.
+        (
+            "eth_getBalance",
+            json!([Account::dev(0).address_hex(), {"requireCanonical": true}]),
+        ),
+        ("eth_getBlockTransactionCountByNumber", json!([{}])),
     ];
     for (method, params) in cases {
         let error = rpc(&app, &mut ledger, method, params.clone()).unwrap_err();
