@@ -149,6 +149,27 @@ fn text(token: Address) -> impl Strategy<Value = String> {
     ]
 }
 
+/// Field names of call objects, log filters and EIP-1898 block objects, and one that is none.
+const FIELDS: &[&str] = &[
+    "from",
+    "to",
+    "gas",
+    "gasPrice",
+    "maxFeePerGas",
+    "maxPriorityFeePerGas",
+    "value",
+    "data",
+    "input",
+    "nonce",
+    "fromBlock",
+    "toBlock",
+    "address",
+    "topics",
+    "blockHash",
+    "blockNumber",
+    "other",
+];
+
 /// JSON values up to a few levels deep, with the field names call objects and log filters use.
 fn value(token: Address) -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -159,24 +180,7 @@ fn value(token: Address) -> impl Strategy<Value = Value> {
         any::<f64>().prop_map(|n| json!(n)),
         text(token).prop_map(Value::String),
     ];
-    let names = proptest::sample::select(vec![
-        "from",
-        "to",
-        "gas",
-        "gasPrice",
-        "maxFeePerGas",
-        "maxPriorityFeePerGas",
-        "value",
-        "data",
-        "input",
-        "nonce",
-        "fromBlock",
-        "toBlock",
-        "address",
-        "topics",
-        "blockHash",
-        "other",
-    ]);
+    let names = proptest::sample::select(FIELDS);
     leaf.prop_recursive(3, 24, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
@@ -191,20 +195,7 @@ fn value(token: Address) -> impl Strategy<Value = Value> {
 /// that requests get past parameter checks into the state, block and EVM paths; sometimes
 /// anything.
 fn param(token: Address) -> impl Strategy<Value = Value> {
-    let field = proptest::sample::select(vec![
-        "from",
-        "to",
-        "gas",
-        "value",
-        "data",
-        "input",
-        "nonce",
-        "fromBlock",
-        "toBlock",
-        "address",
-        "blockHash",
-        "blockNumber",
-    ]);
+    let field = proptest::sample::select(FIELDS);
     prop_oneof![
         4 => text(token).prop_map(Value::String),
         2 => prop::collection::btree_map(field, text(token), 0..5).prop_map(|fields| {
