@@ -795,7 +795,8 @@ impl SnapshotFiles {
     /// restarts encodes its snapshots again before it commits any.
     ///
     /// # Errors
-    /// [`FilesError::Io`].
+    /// [`FilesError::Io`]. A write that fails part way (a full disk, say) removes what it
+    /// wrote, so that a lost snapshot does not hold space the ledger needs.
     pub fn write(&self, seqno: u64, snapshot: &[u8]) -> Result<(), FilesError> {
         if self.path(seqno, true).exists() {
             return Ok(());
@@ -806,7 +807,11 @@ impl SnapshotFiles {
         let prefix = committed_snapshot_prefix(snapshot.len() as u64);
         let mut offset = 0;
         for piece in std::iter::once(&prefix[..]).chain(snapshot.chunks(SNAPSHOT_WRITEBACK_BYTES)) {
-            file.write_all(piece).map_err(io(&path))?;
+            if let Err(error) = file.write_all(piece) {
+                drop(file);
+                let _ = fs::remove_file(&path);
+                return Err(io(&path)(error));
+            }
             write_back(&file, offset, piece.len());
             offset += piece.len() as u64;
         }
