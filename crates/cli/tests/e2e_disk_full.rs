@@ -143,6 +143,23 @@ async fn put_big(network: &Network, index: usize, key: &str) -> Result<String, S
     }
 }
 
+/// Checks that every `(key, tx_id)` in `writes` reads back through `client` with the 32 KiB
+/// value it was written with; `what` names a failure.
+async fn assert_all_read_back(
+    client: &mut charter_host::client::Client,
+    writes: &[(String, String)],
+    what: &str,
+) {
+    for (key, tx_id) in writes {
+        let response = client
+            .request("GET", &format!("/app/kv/{key}"), &[], Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(response.status, 200, "{key} ({tx_id}) {what}");
+        assert_eq!(response.body, big_value(), "{key}");
+    }
+}
+
 /// Puts node `index`'s ledger and snapshots on a small disk with `room` bytes free beyond what
 /// they hold, and restarts it from there.
 fn restart_on_small_disk(
@@ -259,17 +276,7 @@ async fn a_full_disk_stops_the_node_cleanly_and_loses_nothing_committed() {
         .wait_for_primary(&[0], Duration::from_secs(30))
         .await;
     let mut client = network.client(0, Some("user0")).await;
-    for (key, tx_id) in &committed {
-        let response = client
-            .request("GET", &format!("/app/kv/{key}"), &[], Vec::new())
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status, 200,
-            "{key} ({tx_id}) lost after the restart"
-        );
-        assert_eq!(response.body, big_value(), "{key}");
-    }
+    assert_all_read_back(&mut client, &committed, "lost after the restart").await;
     // It takes writes again.
     let response = client
         .request("PUT", "/app/kv/after", &[], b"room again".to_vec())
@@ -345,15 +352,5 @@ async fn a_follower_with_a_full_disk_stops_and_the_others_go_on() {
         network.diagnostics()
     );
     let mut client = network.client(follower, Some("user0")).await;
-    for (key, tx_id) in &written {
-        let response = client
-            .request("GET", &format!("/app/kv/{key}"), &[], Vec::new())
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status, 200,
-            "{key} ({tx_id}) missing on the follower"
-        );
-        assert_eq!(response.body, big_value(), "{key}");
-    }
+    assert_all_read_back(&mut client, &written, "missing on the follower").await;
 }
